@@ -1,0 +1,5 @@
+"""``python -m polyculture`` runs the command line."""
+
+from polyculture.cli.main import main
+
+main()

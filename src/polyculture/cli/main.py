@@ -1,0 +1,344 @@
+"""The ``polyculture`` command line: thin wrappers over the public Python API.
+
+Errors a user can fix (:class:`~polyculture.errors.PolycultureError`) become one line with a hint
+and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from polyculture.errors import PolycultureError
+
+app = typer.Typer(
+    name="polyculture",
+    help="Train a zoo of base models, measure emergence and homogenization, choose wisely.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from polyculture import __version__
+
+        console.print(f"polyculture {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """polyculture: base-model zoos, homogenization and emergence."""
+    _state["debug"] = debug or os.environ.get("POLYCULTURE_DEBUG") == "1"
+
+
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in ("table", "json"):
+        raise PolycultureError(f"unknown --format '{fmt}'", hint="use table or json")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  polyculture run                                  # the default MNIST-1D study\n\n"
+        "  polyculture run seed-recipe --data-dir ../shared/data/fashion-mnist\n\n"
+        "  polyculture run my_study.toml --set train.epochs=5 --set seeds=[0]\n\n"
+        "  polyculture run --workers 1 --out /tmp/runs"
+    )
+)
+def run(
+    study: Annotated[
+        str,
+        typer.Argument(help="Built-in study (mnist1d, fashion-mnist, seed-recipe) or TOML file."),
+    ] = "mnist1d",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Parent folder of run directories.")
+    ] = Path("runs"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a study key: key.path=value (repeatable)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data folder/file (same as --set data.path=...)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="Worker processes (0 = one per core).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:i].")] = None,
+    fmt: FormatOption = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train (or resume) a study and write its run directory OUT/<study name>."""
+    from polyculture.run import run_study
+    from polyculture.run.study import MemberPlan
+
+    _check_format(fmt)
+    overrides = list(set_ or [])
+    if data_dir is not None:
+        overrides.append(f"data.path={json.dumps(str(data_dir))}")
+    if workers is not None and workers < 0:
+        raise PolycultureError(f"--workers {workers} is negative", hint="use 0 (auto) or more")
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=errors,
+        disable=quiet or fmt == "json",
+    )
+    bar: dict[str, Any] = {}
+
+    def on_start(pending: int, done: int) -> None:
+        bar["id"] = progress.add_task("members", total=pending + done, last="")
+        if done:
+            errors.print(f"resuming: {done} finished member(s) reused, {pending} to train")
+
+    def on_member(plan: MemberPlan, record: dict[str, Any], skipped: bool) -> None:
+        test = record["metrics"].get("test", {}).get("accuracy")
+        if record["status"] != "ok":
+            last = f"[red]{escape(plan.label)} seed {plan.seed} failed: {escape(record['reason'])}"
+            progress.console.print(last)
+        else:
+            last = escape(f"{plan.label} seed {plan.seed}: test acc {test:.3f}")
+        progress.update(bar["id"], advance=1, last="" if skipped else last)
+
+    with progress:
+        results = run_study(
+            study,
+            out,
+            overrides,
+            workers=workers,
+            device=device,
+            on_member=on_member,
+            on_start=on_start,
+        )
+    _print_summary(results, fmt)
+    if fmt == "table":
+        console.print(f"run directory: [bold]{results.root}[/]")
+
+
+@app.command(epilog="Example:\n\n  polyculture show runs/mnist1d --format json")
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `polyculture run`.")],
+    fmt: FormatOption = "table",
+    members: Annotated[bool, typer.Option("--members", help="One row per member.")] = False,
+) -> None:
+    """Summarize a run: per-model test accuracy (mean +- std over seeds) beside published ones."""
+    from polyculture.run import load_run
+
+    _check_format(fmt)
+    results = load_run(run_dir)
+    if members:
+        frame = results.members
+        columns = [
+            c
+            for c in (
+                "name",
+                "seed",
+                "status",
+                "test_accuracy",
+                "test_accuracy_ci_low",
+                "test_accuracy_ci_high",
+                "n_parameters",
+                "train_seconds",
+                "reason",
+            )
+            if c in frame
+        ]
+        _print_frame(frame[columns], fmt, title=f"members of {results.root}")
+        return
+    _print_summary(results, fmt)
+
+
+def _print_summary(results: Any, fmt: str) -> None:
+    summary: pd.DataFrame = results.summary()
+    if fmt == "json":
+        console.print_json(summary.to_json(orient="records"))
+        return
+    shifted = [c for c in summary.columns if c.startswith("test_") and c.endswith("_accuracy_mean")]
+    table = Table(title=f"{results.study.get('name')}: test accuracy over seeds")
+    for column in [
+        "model",
+        "seeds",
+        "test accuracy",
+        "published",
+        *(c.removesuffix("_accuracy_mean") for c in shifted),
+        "macro-F1",
+        "ECE",
+        "params",
+        "train s",
+    ]:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in summary.itertuples(index=False):
+        seeds = f"{row.members - row.failed}/{row.members}"
+        accuracy = (
+            "—"
+            if math.isnan(row.accuracy_mean)
+            else (f"{row.accuracy_mean:.3f} ± {row.accuracy_std:.3f}")
+        )
+        published = "" if math.isnan(row.published) else f"{row.published:.2f}"
+        table.add_row(
+            escape(str(row.name)),
+            seeds,
+            accuracy,
+            published,
+            *(_fmt(getattr(row, c)) for c in shifted),
+            _fmt(row.macro_f1_mean),
+            _fmt(row.ece_mean),
+            f"{row.n_parameters:,}",
+            _fmt(row.train_seconds_mean, 1),
+        )
+    console.print(table)
+    source = results.task.get("reference_source")
+    if source:
+        console.print(f"published: {source}")
+    failed = results.members[results.members["status"] != "ok"]
+    for row in failed.itertuples(index=False):
+        console.print(
+            f"[red]failed[/] {escape(str(row.name))} seed {row.seed}: {escape(row.reason)}"
+        )
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return (
+        "—"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (f"{value:.{digits}f}")
+    )
+
+
+def _print_frame(frame: pd.DataFrame, fmt: str, title: str) -> None:
+    if fmt == "json":
+        console.print_json(frame.to_json(orient="records"))
+        return
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_fmt(v) if isinstance(v, float) else escape(str(v)) for v in row))
+    console.print(table)
+
+
+@app.command()
+def datasets(fmt: FormatOption = "table") -> None:
+    """List the registered datasets with their options."""
+    from polyculture.data import DATASETS
+
+    _check_format(fmt)
+    rows = []
+    for name in DATASETS.names():
+        entry = DATASETS.get(name)
+        options = {k: _default(f) for k, f in entry.options.model_fields.items()}
+        rows.append(
+            {
+                "name": name,
+                "modality": entry.modality,
+                "needs_path": entry.needs_path,
+                "description": entry.description,
+                "options": options,
+            }
+        )
+    _print_registry(rows, fmt, "datasets", "options")
+
+
+@app.command()
+def models(fmt: FormatOption = "table") -> None:
+    """List the registered model families with their knobs and defaults."""
+    import polyculture.zoo as zoo
+
+    _check_format(fmt)
+    rows = []
+    for name in zoo.FAMILIES.names():
+        entry = zoo.FAMILIES.get(name)
+        knobs = {k: _default(f) for k, f in entry.knobs.model_fields.items()}
+        rows.append(
+            {
+                "name": name,
+                "kind": entry.kind,
+                "modalities": sorted(entry.modalities),
+                "description": entry.description,
+                "knobs": knobs,
+            }
+        )
+    _print_registry(rows, fmt, "model families", "knobs")
+
+
+def _default(field: Any) -> Any:
+    return "(required)" if field.is_required() else field.default
+
+
+def _print_registry(rows: list[dict[str, Any]], fmt: str, title: str, knob_key: str) -> None:
+    if fmt == "json":
+        console.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        cells = []
+        for key, value in row.items():
+            if key == knob_key:
+                value = ", ".join(f"{k}={v!r}" for k, v in value.items()) or "—"
+            elif isinstance(value, list):
+                value = ", ".join(value)
+            cells.append(escape(str(value)))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the console script: run the app, turning known errors into one line."""
+    try:
+        # Outside standalone mode typer returns exit codes instead of exiting, and turns
+        # Ctrl-C into 130.
+        code = app(standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except PolycultureError as err:
+        if _state["debug"]:
+            raise
+        # One line: what is wrong, then how to fix it (run with --debug for the traceback).
+        errors.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        errors.print("interrupted; rerun the same command to resume (finished members are kept)")
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as err:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,246 @@
+"""Tabular classification data from CSV files (numeric and categorical columns).
+
+One file split into train/test by ``test_fraction``, or a train file plus ``test_path``. Numeric
+columns are standardized and categorical columns one-hot encoded, both with statistics of the
+training rows only. Group columns (e.g. sex, race) are kept as per-instance attributes for the
+fairness and homogenization measures.
+
+Cleaning is counted, never silent: empty rows, rows without a label, and labels outside an explicit
+``classes`` list are dropped and logged. Missing feature values (empty cells or ``na_values``)
+become
+NaN and follow the study's ``data.nonfinite`` policy (error by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.model_selection import train_test_split
+
+from polyculture.data.builders import RawData, dataset
+from polyculture.data.task import CleaningStep
+from polyculture.errors import DataError
+
+
+class CsvOptions(BaseModel):
+    """Options of the CSV reader.
+
+    Attributes
+    ----------
+    label
+        Name of the label column.
+    test_path
+        A separate test file; without it ``test_fraction`` of the rows are held out (stratified).
+    groups
+        Columns holding group attributes (kept as features unless ``groups_as_features`` is false).
+    columns
+        Column names for files without a header row.
+    test_header
+        With ``columns`` set: the test file does have a header row; skip it and use ``columns``.
+    categorical
+        Columns to one-hot encode; default: every non-numeric column.
+    drop_columns
+        Columns to ignore.
+    classes
+        Allowed labels; rows with any other label are dropped and counted.
+    na_values
+        Extra cell values that mean "missing" (e.g. ``"?"``).
+    label_strip
+        Characters stripped from both ends of labels (``"."`` for Adult's test file).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str
+    test_path: str | None = None
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    groups: list[str] = []
+    groups_as_features: bool = True
+    columns: list[str] | None = None
+    test_header: bool = False
+    categorical: list[str] | None = None
+    drop_columns: list[str] = []
+    classes: list[str] | None = None
+    na_values: list[str] = []
+    label_strip: str = ""
+    sep: str = ","
+    comment: str | None = None
+    encoding: str = "utf-8"
+
+
+def _read(
+    path: Path, options: CsvOptions, cleaning: list[CleaningStep], split: str
+) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"CSV file '{path}' does not exist", hint="check data.path / test_path")
+    try:
+        frame = pd.read_csv(
+            path,
+            sep=options.sep,
+            header=None if options.columns else "infer",
+            skiprows=1 if options.columns and options.test_header and split == "test" else 0,
+            names=options.columns,
+            na_values=options.na_values,
+            skipinitialspace=True,
+            skip_blank_lines=False,
+            comment=options.comment,
+            encoding=options.encoding,
+            dtype=str,
+            keep_default_na=True,
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(
+            f"cannot parse '{path}': {err}".splitlines()[0],
+            hint="check the separator (data.options.sep), encoding and header",
+        ) from None
+    if options.label not in frame.columns:
+        raise DataError(
+            f"'{path}' has no label column '{options.label}' "
+            f"(columns: {', '.join(map(str, frame.columns))})",
+            hint="set data.options.label to the column holding the class",
+        )
+    missing = [c for c in [*options.groups, *options.drop_columns] if c not in frame.columns]
+    if missing:
+        raise DataError(f"'{path}' has no column(s) {', '.join(missing)}", hint="check the names")
+    frame = frame.drop(columns=options.drop_columns)
+    frame["__row__"] = np.arange(len(frame))
+    empty = frame.drop(columns="__row__").isna().all(axis=1)
+    if empty.any():
+        cleaning.append(CleaningStep(split, "empty rows", int(empty.sum())))
+    frame = frame.loc[~empty]
+    labels = frame[options.label].str.strip(options.label_strip + " ")
+    no_label = labels.isna() | (labels == "")
+    if no_label.any():
+        cleaning.append(CleaningStep(split, "missing label", int(no_label.sum())))
+    frame = frame.loc[~no_label].assign(**{options.label: labels[~no_label]})
+    if options.classes is not None:
+        unknown = ~frame[options.label].isin(options.classes)
+        if unknown.any():
+            values = ", ".join(sorted(frame.loc[unknown, options.label].unique())[:5])
+            cleaning.append(CleaningStep(split, "unknown label", int(unknown.sum()), values))
+        frame = frame.loc[~unknown]
+    return frame.reset_index(drop=True)
+
+
+def _encode(
+    train: pd.DataFrame, test: pd.DataFrame, options: CsvOptions
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Standardize numeric and one-hot encode categorical columns with training statistics."""
+    features = [
+        c
+        for c in train.columns
+        if c not in (options.label, "__row__")
+        and (options.groups_as_features or c not in options.groups)
+    ]
+    if not features:
+        raise DataError("the CSV has no feature columns besides the label", hint="check the file")
+    train_blocks: list[np.ndarray] = []
+    test_blocks: list[np.ndarray] = []
+    names: list[str] = []
+    for column in features:
+        numeric_train = pd.to_numeric(train[column], errors="coerce")
+        declared = options.categorical is not None and column in options.categorical
+        non_numeric = (numeric_train.isna() & train[column].notna()).any()
+        if declared or (options.categorical is None and non_numeric):
+            categories = sorted(train[column].dropna().unique())
+            for frame, blocks in ((train, train_blocks), (test, test_blocks)):
+                values = frame[column].to_numpy()
+                onehot = values[:, None] == np.array(categories, dtype=object)[None, :]
+                onehot = onehot.astype(np.float32)  # (n, categories)
+                onehot[pd.isna(values)] = np.nan  # missing stays visible to the NaN policy
+                blocks.append(onehot)
+            names += [f"{column}={category}" for category in categories]
+        else:
+            numeric_test = pd.to_numeric(test[column], errors="coerce")
+            bad_test = numeric_test.isna() & test[column].notna()
+            if bad_test.any():
+                raise DataError(
+                    f"test column '{column}' has non-numeric values such as "
+                    f"{test.loc[bad_test, column].iloc[0]!r}",
+                    hint="fix the value or list the column in data.options.categorical",
+                )
+            train_values = numeric_train.to_numpy(np.float64)
+            finite = train_values[np.isfinite(train_values)]
+            mean = finite.mean() if len(finite) else 0.0
+            std = finite.std() if len(finite) and finite.std() > 0 else 1.0
+            train_blocks.append(((train_values - mean) / std)[:, None])
+            test_blocks.append(((numeric_test.to_numpy(np.float64) - mean) / std)[:, None])
+            names.append(column)
+    return (
+        np.concatenate(train_blocks, axis=1).astype(np.float32),
+        np.concatenate(test_blocks, axis=1).astype(np.float32),
+        tuple(names),
+    )
+
+
+@dataset(
+    "csv",
+    description="tabular CSV: numeric + categorical columns, a label column, optional groups",
+    modality="tabular",
+    options=CsvOptions,
+    needs_path=True,
+)
+def build_csv(path: Path | None, options: CsvOptions) -> RawData:
+    """Read a tabular CSV task.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = f.write_text("a,b,y\\n" + "".join(f"{i},{'xy'[i % 2]},{i % 2}\\n" for i in range(20)))
+    >>> raw = build_csv(f, CsvOptions(label="y"))
+    >>> raw.x_train.shape, raw.feature_names
+    ((16, 3), ('a', 'b=x', 'b=y'))
+    """
+    assert path is not None
+    cleaning: list[CleaningStep] = []
+    if path.is_dir():
+        raise DataError(f"'{path}' is a folder", hint="data.path must be the CSV file itself")
+    if options.test_path is not None:
+        train = _read(path, options, cleaning, "train")
+        test = _read(Path(options.test_path).expanduser(), options, cleaning, "test")
+    else:
+        frame = _read(path, options, cleaning, "train")
+        labels = frame[options.label]
+        counts = labels.value_counts()
+        stratify = labels if counts.min() >= 2 else None
+        train_rows, test_rows = train_test_split(
+            np.arange(len(frame)),
+            test_size=options.test_fraction,
+            random_state=options.split_seed,
+            stratify=stratify,
+        )
+        train = frame.iloc[np.sort(train_rows)].reset_index(drop=True)
+        test = frame.iloc[np.sort(test_rows)].reset_index(drop=True)
+    class_names = tuple(options.classes or sorted(train[options.label].unique()))
+    lookup = {name: i for i, name in enumerate(class_names)}
+    # A test label missing from the lookup gets index len(classes): the common label check
+    # then reports it as a class unseen in training.
+    unseen_test = sorted(set(test[options.label]) - set(lookup))
+    names = class_names + tuple(unseen_test)
+    lookup.update({name: len(class_names) + i for i, name in enumerate(unseen_test)})
+    x_train, x_test, feature_names = _encode(train, test, options)
+
+    def groups_of(frame: pd.DataFrame) -> pd.DataFrame | None:
+        if not options.groups:
+            return None
+        return frame[options.groups].fillna("(missing)").astype(str).reset_index(drop=True)
+
+    return RawData(
+        modality="tabular",
+        class_names=names,
+        x_train=x_train,
+        y_train=train[options.label].map(lookup).to_numpy(np.int64),
+        x_test=x_test,
+        y_test=test[options.label].map(lookup).to_numpy(np.int64),
+        groups_train=groups_of(train),
+        groups_test=groups_of(test),
+        index_train=train["__row__"].to_numpy(),
+        index_test=test["__row__"].to_numpy(),
+        cleaning=cleaning,
+        feature_names=feature_names,
+    )

@@ -1,0 +1,141 @@
+"""The Task: what every dataset builder produces and every later stage consumes.
+
+A task holds its splits as tensors (``x`` float32 with shape ``(n, *input_shape)``, ``y`` int64
+class indices with shape ``(n,)``), optional per-instance group attributes, the modality, class
+names and a cleaning log that says what was removed and why.
+
+Input layout by modality (``input_shape`` excludes the batch dimension):
+
+* ``sequence``: ``(channels, length)``, e.g. MNIST-1D is ``(1, 40)``
+* ``image``: ``(channels, height, width)``, e.g. Fashion-MNIST is ``(1, 28, 28)``
+* ``tabular``: ``(features,)``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+import torch
+
+Modality = Literal["sequence", "image", "tabular"]
+MODALITIES: tuple[Modality, ...] = ("sequence", "image", "tabular")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a task.
+
+    Attributes
+    ----------
+    x
+        Features, float32, shape ``(n, *input_shape)``.
+    y
+        Class indices, int64, shape ``(n,)``.
+    groups
+        Per-instance group attributes (one column per attribute, string values), or ``None``.
+    index
+        Instance ids within the split's source (row numbers in the original file), ``(n,)``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    groups: pd.DataFrame | None = None
+    index: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, rows: torch.Tensor) -> Split:
+        """The rows ``rows`` (an index tensor) of this split."""
+        groups = None
+        if self.groups is not None:
+            groups = self.groups.iloc[rows.numpy()].reset_index(drop=True)
+        index = self.instance_ids()[rows]
+        return Split(self.x[rows], self.y[rows], groups, index)
+
+    def instance_ids(self) -> torch.Tensor:
+        """Stable instance ids: ``index`` when set, else ``0..n-1``."""
+        return self.index if self.index is not None else torch.arange(len(self))
+
+
+@dataclass(frozen=True)
+class CleaningStep:
+    """One line of the cleaning log: ``removed`` rows of ``split`` dropped by ``step``."""
+
+    split: str
+    step: str
+    removed: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task ready to train on.
+
+    Attributes
+    ----------
+    name
+        Dataset name as registered (``mnist1d``, ``idx``, ...).
+    modality
+        ``sequence``, ``image`` or ``tabular``.
+    class_names
+        One name per class; ``y`` values index this list.
+    train, val, test
+        The three splits; ``val`` is carved from the training data with the data seed.
+    shifted
+        Shifted test sets by name (``test_noise``, ``test_translate``, ...); same instances as
+        ``test``.
+    cleaning
+        What was removed while loading, per split and step.
+    feature_names
+        Column names for tabular tasks, else empty.
+    reference_accuracy
+        Published test accuracies by model family, where a publication gives one.
+    """
+
+    name: str
+    modality: Modality
+    class_names: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    shifted: dict[str, Split] = field(default_factory=dict)
+    cleaning: tuple[CleaningStep, ...] = ()
+    feature_names: tuple[str, ...] = ()
+    reference_accuracy: dict[str, float] = field(default_factory=dict)
+    reference_source: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example (without the batch dimension)."""
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    def eval_splits(self) -> Iterator[tuple[str, Split]]:
+        """Every split a member is evaluated on: ``val``, ``test`` and the shifted test sets."""
+        yield "val", self.val
+        yield "test", self.test
+        yield from self.shifted.items()
+
+    def summary(self) -> dict[str, object]:
+        """Sizes and metadata as plain values (for the resolved config and the report)."""
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "input_shape": list(self.input_shape),
+            "classes": list(self.class_names),
+            "sizes": {
+                name: len(split) for name, split in [("train", self.train), *self.eval_splits()]
+            },
+            "group_attributes": (
+                list(self.train.groups.columns) if self.train.groups is not None else []
+            ),
+            "cleaning": [vars(step) for step in self.cleaning],
+        }

@@ -1,0 +1,49 @@
+"""The one exception hierarchy of polyculture.
+
+The library raises these; the CLI turns each into one line (the message, then the hint) and exit
+code 2. Anything else that escapes is a bug and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PolycultureError(Exception):
+    """Base class of every error a user can cause and fix.
+
+    Parameters
+    ----------
+    message
+        What is wrong, naming the offending file, key or value.
+    hint
+        How to fix it, in one short sentence.
+
+    Examples
+    --------
+    >>> err = ConfigError("unknown key 'trian'", hint="did you mean 'train'?")
+    >>> str(err)
+    "unknown key 'trian'; did you mean 'train'?"
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class ConfigError(PolycultureError):
+    """A study file, a ``--set`` override or a spec has a bad key or value."""
+
+
+class DataError(PolycultureError):
+    """A data file or folder is missing, malformed, or holds values we cannot train on."""
+
+
+class RegistryError(PolycultureError):
+    """An unknown or duplicate name in one of the registries."""
+
+
+class RunStoreError(PolycultureError):
+    """A run directory is missing, incomplete or was written by an incompatible study."""

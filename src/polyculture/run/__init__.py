@@ -1,0 +1,20 @@
+"""run: study files, the run store and the study runner."""
+
+from polyculture.run.results import RunResults, load_run
+from polyculture.run.runner import assemble_tables, run_study
+from polyculture.run.store import RunStore
+from polyculture.run.study import BUILTIN_STUDIES, MemberPlan, Study, ZooEntry, expand, load_study
+
+__all__ = [
+    "BUILTIN_STUDIES",
+    "MemberPlan",
+    "RunResults",
+    "RunStore",
+    "Study",
+    "ZooEntry",
+    "assemble_tables",
+    "expand",
+    "load_run",
+    "load_study",
+    "run_study",
+]

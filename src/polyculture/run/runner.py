@@ -1,0 +1,321 @@
+"""The study runner: expand a study, train the missing members, write the run directory.
+
+Members train in worker processes (one torch thread each, so the numbers do not depend on how
+many workers run) or in this process when one worker is asked for. Each worker builds the task
+itself from the data spec (deterministic), trains a member, writes its folder atomically and
+reports back a small summary. Finished members (DONE marker present) are skipped, so a killed or
+extended study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tomli_w
+import torch
+
+import polyculture
+from polyculture.data.builders import DataSpec, build_task
+from polyculture.data.task import Task
+from polyculture.measure.performance import classification_metrics
+from polyculture.run.results import RunResults
+from polyculture.run.store import RunStore, write_table, write_text
+from polyculture.run.study import MemberPlan, Study, expand, load_study
+from polyculture.train.member import MemberResult, train_member
+from polyculture.train.tensorboard import log_history
+
+ProgressCallback = Callable[[MemberPlan, dict[str, Any], bool], None]
+"""Called once per member with its plan, its record, and whether it was skipped (already done)."""
+
+
+def default_workers(pending: int) -> int:
+    """One worker per CPU core available to us, at most one per pending member."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, pending))
+
+
+def run_study(
+    study: Study | str | Path | dict[str, Any],
+    out: str | Path = "runs",
+    overrides: list[str] = (),  # type: ignore[assignment]
+    *,
+    workers: int | None = None,
+    device: str | None = None,
+    on_member: ProgressCallback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> RunResults:
+    """Run a study and return its results (the Python API of ``polyculture run``).
+
+    Parameters
+    ----------
+    study
+        A :class:`Study`, a built-in study name, a TOML path or a dict.
+    out
+        Parent folder; the run directory is ``out / study.name``.
+    overrides
+        ``key=value`` strings, as ``--set`` on the command line.
+    workers
+        Worker processes; default from the study (0 = one per core). 1 trains in this process.
+    device
+        ``auto``, ``cpu`` or ``cuda[:i]``; default from the study.
+    on_member
+        Progress callback, called as each member finishes or is found finished.
+    on_start
+        Called once with (members to train, members already done).
+
+    Returns
+    -------
+    RunResults
+        The tables of the run directory.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> results = run_study("mnist1d", tempfile.mkdtemp(), ["zoo=[{family='logreg'}]",
+    ...                     "seeds=[0]"], workers=1)
+    >>> results.members[["family", "status"]].values.tolist()
+    [['logreg', 'ok']]
+    """
+    study = load_study(study, list(overrides))
+    plans = expand(study)
+    task = build_task(study.data)  # fails on bad data before any file is written
+    store = RunStore(Path(out) / study.name)
+    started = time.perf_counter()
+    _write_resolved_study(store, study)
+    write_text(store.root / "task.json", _json(task.summary() | _references(task)))
+    store.clean_partial()
+
+    pending = [plan for plan in plans if not store.is_done(plan.member_id)]
+    done = [plan for plan in plans if store.is_done(plan.member_id)]
+    if on_start is not None:
+        on_start(len(pending), len(done))
+    for plan in done:
+        if on_member is not None:
+            on_member(plan, store.member_record(plan.member_id), True)
+
+    execution = study.execution
+    n_workers = workers if workers is not None else execution.workers
+    n_workers = default_workers(len(pending)) if n_workers == 0 else n_workers
+    device_name = device or execution.device
+    if pending:
+        if n_workers <= 1 or len(pending) == 1:
+            _run_serial(store, task, study, pending, device_name, on_member)
+        else:
+            _run_parallel(store, study, pending, device_name, n_workers, on_member)
+
+    assemble_tables(store, task, plans)
+    write_text(
+        store.root / "timing.json",
+        _json(
+            {
+                "wall_seconds": time.perf_counter() - started,
+                "workers": n_workers,
+                "trained": len(pending),
+                "reused": len(done),
+            }
+        ),
+    )
+    return RunResults.load(store.root)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2, default=str)
+
+
+def _references(task: Task) -> dict[str, Any]:
+    return {
+        "reference_accuracy": task.reference_accuracy,
+        "reference_source": task.reference_source,
+    }
+
+
+def _write_resolved_study(store: RunStore, study: Study) -> None:
+    resolved = study.model_dump(mode="json", exclude_none=True)
+    resolved["versions"] = {
+        "polyculture": polyculture.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
+    write_text(store.root / "study.toml", tomli_w.dumps(resolved))
+
+
+def train_and_store(
+    store: RunStore, task: Task, study: Study, plan: MemberPlan, device: str
+) -> dict[str, Any]:
+    """Train one member, compute its metrics, write its folder; returns its record."""
+    result = train_member(
+        task, plan.model, plan.train, plan.seed, probe_size=study.evaluate.probe_size, device=device
+    )
+    record = member_record(plan, result, task, study.evaluate.bootstrap_seed)
+    store.write_member(
+        plan.member_id,
+        record,
+        probabilities=result.probabilities,
+        representations=result.representations,
+        weights=result.weights,
+        history=result.history,
+        error_detail=result.error_detail,
+    )
+    if len(result.history):
+        log_history(
+            store.root / "tensorboard" / f"{plan.label}-seed{plan.seed}-{plan.member_id}",
+            result.history,
+        )
+    return record
+
+
+def member_record(
+    plan: MemberPlan, result: MemberResult, task: Task, bootstrap_seed: int
+) -> dict[str, Any]:
+    """The ``member.json`` content: spec, status, cost and metrics per evaluation split."""
+    metrics: dict[str, dict[str, float]] = {}
+    for split_name, split in task.eval_splits():
+        if split_name in result.probabilities:
+            metrics[split_name] = classification_metrics(
+                split.y.numpy(), result.probabilities[split_name], seed=bootstrap_seed
+            )
+    return {
+        "member_id": plan.member_id,
+        "name": plan.label,
+        "family": plan.model.family,
+        "params": plan.model.params,
+        "kind": plan.kind,
+        "seed": plan.seed,
+        "train": plan.train.model_dump(mode="json") if plan.kind == "torch" else None,
+        "status": result.status,
+        "reason": result.reason,
+        "n_parameters": result.n_parameters,
+        "train_seconds": result.train_seconds,
+        "steps": result.steps,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "layers": list(result.representations),
+        "metrics": metrics,
+    }
+
+
+def _run_serial(
+    store: RunStore,
+    task: Task,
+    study: Study,
+    pending: list[MemberPlan],
+    device: str,
+    on_member: ProgressCallback | None,
+) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same numbers as one-thread workers
+    try:
+        for plan in pending:
+            record = train_and_store(store, task, study, plan, device)
+            if on_member is not None:
+                on_member(plan, record, False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+_WORKER_TASK: Task | None = None
+
+
+def _init_worker(data_spec: dict[str, Any]) -> None:
+    global _WORKER_TASK
+    torch.set_num_threads(1)
+    import polyculture.data  # noqa: F401  (registers datasets in the fresh process)
+
+    _WORKER_TASK = build_task(DataSpec.model_validate(data_spec))
+
+
+def _worker_member(
+    root: str, study_json: dict[str, Any], plan: MemberPlan, device: str
+) -> dict[str, Any]:
+    assert _WORKER_TASK is not None, "worker was not initialised"
+    study = Study.model_validate(study_json)
+    return train_and_store(RunStore(Path(root)), _WORKER_TASK, study, plan, device)
+
+
+def _run_parallel(
+    store: RunStore,
+    study: Study,
+    pending: list[MemberPlan],
+    device: str,
+    n_workers: int,
+    on_member: ProgressCallback | None,
+) -> None:
+    context = multiprocessing.get_context("spawn")  # fork after torch init is unsafe
+    study_json = study.model_dump(mode="json")
+    with ProcessPoolExecutor(
+        max_workers=n_workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(study.data.model_dump(mode="json"),),
+    ) as pool:
+        futures: dict[Future[dict[str, Any]], MemberPlan] = {
+            pool.submit(_worker_member, str(store.root), study_json, plan, device): plan
+            for plan in pending
+        }
+        try:
+            remaining = set(futures)
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record = future.result()
+                    if on_member is not None:
+                        on_member(futures[future], record, False)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def assemble_tables(store: RunStore, task: Task, plans: list[MemberPlan]) -> None:
+    """Build ``tables/`` from the member folders of ``plans`` (the study's members, in order)."""
+    member_rows, prediction_frames, history_frames = [], [], []
+    labels = {name: split for name, split in task.eval_splits()}
+    for plan in plans:
+        record = store.member_record(plan.member_id)
+        row = {k: v for k, v in record.items() if k not in ("metrics", "params", "train", "layers")}
+        row["params"] = _json(record["params"]).replace("\n", "").replace("  ", " ")
+        row["layers"] = ",".join(record["layers"])
+        for split_name, values in record["metrics"].items():
+            for metric, value in values.items():
+                row[f"{split_name}_{metric}"] = value
+        member_rows.append(row)
+        for split_name, proba in store.probabilities(plan.member_id).items():
+            split = labels[split_name]
+            y = split.y.numpy()
+            prediction = proba.argmax(axis=1)
+            prediction_frames.append(
+                pd.DataFrame(
+                    {
+                        "member_id": plan.member_id,
+                        "split": split_name,
+                        "instance": split.instance_ids().numpy(),
+                        "label": y,
+                        "prediction": prediction,
+                        "p_true": proba[np.arange(len(y)), y],
+                        "correct": prediction == y,
+                    }
+                )
+            )
+        history = store.history(plan.member_id)
+        if len(history):
+            history_frames.append(history.assign(member_id=plan.member_id))
+    tables = store.tables_dir
+    write_table(pd.DataFrame(member_rows), tables / "members.parquet", csv=True)
+    if prediction_frames:
+        write_table(pd.concat(prediction_frames, ignore_index=True), tables / "predictions.parquet")
+    if history_frames:
+        write_table(pd.concat(history_frames, ignore_index=True), tables / "history.parquet")

@@ -1,0 +1,236 @@
+"""The one model interface, the family registry and ``create_model``.
+
+Every torch family returns a :class:`ZooModel`: ``forward(x)`` gives logits ``(n, classes)`` and
+``representations(x)`` gives the named intermediate representations, each flattened to ``(n, d)``,
+in network order and always ending with ``"logits"``. Training, extraction and measurement never
+branch on architecture. Classical (scikit-learn) families return a :class:`ClassicalModel` with the
+same spirit: ``fit``, ``predict_proba`` and ``representations``.
+
+A family is registered with :func:`family`, declaring the modalities it supports and a pydantic
+model of its knobs (width, depth, ...). Knob values are validated before anything trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from polyculture.data.task import Modality
+from polyculture.errors import ConfigError
+from polyculture.registry import Registry
+
+
+class Knobs(BaseModel):
+    """Base class of a family's knobs: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ZooModel(nn.Module, ABC):
+    """Base class of every torch family.
+
+    Subclasses implement :meth:`representations`; :meth:`forward` returns its ``"logits"`` entry
+    unless a subclass overrides it with a cheaper path.
+    """
+
+    @abstractmethod
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named representations of ``x``, each ``(n, d)``, in network order, ending with logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, classes)`` for inputs ``(n, *input_shape)``."""
+        return self.representations(x)["logits"]
+
+
+class ClassicalModel(ABC):
+    """Interface of the scikit-learn families (a thin wrapper over one estimator).
+
+    Implementations fit on flattened float inputs and always return probabilities for all
+    ``num_classes`` classes, in class-index order.
+    """
+
+    num_classes: int
+
+    @abstractmethod
+    def fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> ClassicalModel:
+        """Fit on ``x`` ``(n, d)`` and class indices ``y`` ``(n,)``; returns ``self``."""
+
+    @abstractmethod
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(n, num_classes)``."""
+
+    @abstractmethod
+    def representations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Named representations ``(n, d)``; classical members expose their output layer."""
+
+    @property
+    @abstractmethod
+    def n_parameters(self) -> int:
+        """Number of learned values after ``fit`` (coefficients, tree nodes, stored examples)."""
+
+
+Builder = Callable[[Any, tuple[int, ...], int, Modality], "ZooModel | ClassicalModel"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered model family.
+
+    Attributes
+    ----------
+    name
+        Registry name (``mlp``, ``gru``, ...).
+    kind
+        ``torch`` (trained by the one training loop) or ``sklearn``.
+    modalities
+        Modalities the family accepts.
+    knobs
+        Pydantic model of the family's knobs with their defaults.
+    build
+        ``build(knobs, input_shape, num_classes, modality)`` -> model.
+    description
+        One line for ``polyculture models``.
+    """
+
+    name: str
+    kind: Literal["torch", "sklearn"]
+    modalities: frozenset[Modality]
+    knobs: type[Knobs]
+    build: Builder
+    description: str
+
+
+FAMILIES: Registry[Family] = Registry("model family")
+
+
+def family(
+    name: str,
+    *,
+    kind: Literal["torch", "sklearn"],
+    modalities: tuple[Modality, ...],
+    knobs: type[Knobs],
+    description: str,
+    registry: Registry[Family] | None = None,
+) -> Callable[[Builder], Builder]:
+    """Register a builder function as model family ``name``.
+
+    ``registry`` defaults to :data:`FAMILIES`; the example passes its own so that running the
+    doctest does not add a toy family to the real registry.
+
+    Examples
+    --------
+    >>> class NoKnobs(Knobs):
+    ...     pass
+    >>> toy: Registry[Family] = Registry("model family")
+    >>> @family("doc_linear", kind="torch", modalities=("tabular",), knobs=NoKnobs,
+    ...         description="doc example", registry=toy)
+    ... def build(knobs, input_shape, num_classes, modality):
+    ...     return nn.Linear(input_shape[0], num_classes)
+    >>> "doc_linear" in toy, "doc_linear" in FAMILIES
+    (True, False)
+    """
+    target = FAMILIES if registry is None else registry
+
+    def add(build: Builder) -> Builder:
+        target.add(name, Family(name, kind, frozenset(modalities), knobs, build, description))
+        return build
+
+    return add
+
+
+class ModelSpec(BaseModel):
+    """A model family with its knob values: a frozen value with a stable id.
+
+    Examples
+    --------
+    >>> spec = ModelSpec(family="mlp", params={"width": 64})
+    >>> len(spec.spec_id())
+    12
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: str
+    params: dict[str, Any] = {}
+
+    def spec_id(self) -> str:
+        """Hash of the content (12 hex characters)."""
+        return stable_hash(self.model_dump(mode="json"))
+
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``mlp(width=64)``."""
+        if not self.params:
+            return self.family
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.family}({inner})"
+
+
+def stable_hash(value: object) -> str:
+    """12 hex characters of the SHA-256 of ``value`` as canonical JSON.
+
+    Examples
+    --------
+    >>> stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
+    True
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def resolve_knobs(spec: ModelSpec, modality: Modality | None = None) -> Knobs:
+    """Validate ``spec.params`` against its family's knobs (and the modality, when given).
+
+    Raises
+    ------
+    RegistryError
+        Unknown family (with close matches).
+    ConfigError
+        A knob that does not exist, a bad value, or a modality the family cannot take.
+    """
+    fam = FAMILIES.get(spec.family)
+    if modality is not None and modality not in fam.modalities:
+        raise ConfigError(
+            f"model family '{fam.name}' cannot take {modality} inputs",
+            hint=f"it supports {', '.join(sorted(fam.modalities))}; remove it from the zoo",
+        )
+    try:
+        return fam.knobs.model_validate(spec.params)
+    except ValidationError as err:
+        # An unknown knob first: a typo usually explains the other errors too.
+        first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        where = ".".join(str(part) for part in first["loc"]) or "params"
+        known = ", ".join(fam.knobs.model_fields)
+        raise ConfigError(
+            f"model '{fam.name}' knob '{where}': {first['msg']}",
+            hint=f"knobs of '{fam.name}' are: {known or '(none)'}",
+        ) from None
+
+
+def create_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, modality: Modality
+) -> ZooModel | ClassicalModel:
+    """Build an untrained model for ``spec`` (the one entry point, like ``timm.create_model``).
+
+    Examples
+    --------
+    >>> import polyculture.zoo  # registers the built-in families
+    >>> model = create_model(ModelSpec(family="mlp"), (1, 40), 10, "sequence")
+    >>> model(torch.zeros(2, 1, 40)).shape
+    torch.Size([2, 10])
+    """
+    knobs = resolve_knobs(spec, modality)
+    return FAMILIES.get(spec.family).build(knobs, tuple(input_shape), num_classes, modality)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters of a torch model."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,257 @@
+"""Classical (scikit-learn) families: ``logreg``, ``random_forest`` and ``knn``.
+
+All three are one wrapper, :class:`SklearnModel`, over a scikit-learn estimator. Inputs of any
+modality are flattened to ``(n, d)``. Probabilities always have one column per class of the task,
+in class-index order, even when a class is absent from the training labels (its column is 0).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pydantic import Field, PositiveInt
+from sklearn.base import ClassifierMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from polyculture.data.task import Modality
+from polyculture.errors import DataError
+from polyculture.zoo.base import ClassicalModel, Knobs, family
+from polyculture.zoo.common import check_input_shape
+
+#: How far below a row's smallest score an absent class's logit is put (softmax weight ~2e-9).
+ABSENT_CLASS_MARGIN = 20.0
+
+
+def _flat(x: Any) -> np.ndarray:
+    """Inputs ``(n, *input_shape)`` (numpy or torch) as a float array ``(n, d)``."""
+    arr = np.asarray(x, dtype=np.float64)
+    return arr.reshape(arr.shape[0], -1)
+
+
+def _n_logreg(est: Any) -> int:
+    """Coefficients plus intercepts of the final logistic regression."""
+    lr = est[-1]
+    return int(lr.coef_.size + lr.intercept_.size)
+
+
+def _n_forest(est: Any) -> int:
+    """Total number of nodes over all trees."""
+    return int(sum(tree.tree_.node_count for tree in est.estimators_))
+
+
+class SklearnModel(ClassicalModel):
+    """A scikit-learn classifier behind the :class:`ClassicalModel` interface.
+
+    Parameters
+    ----------
+    make_estimator
+        Returns a fresh, unfitted estimator (a classifier or a pipeline ending with one).
+    num_classes
+        Number of classes of the task.
+    count
+        Number of learned values of the fitted estimator; ``None`` counts stored training values
+        (``n * d``, for instance-based models such as k-NN).
+    has_logits
+        Whether the estimator has a ``decision_function`` to expose as ``"logits"``.
+    min_samples
+        Fewest training examples the estimator can use (``k`` for k-NN).
+
+    Examples
+    --------
+    >>> model = SklearnModel(lambda: make_pipeline(StandardScaler(), LogisticRegression()), 3)
+    >>> x = np.array([[0.0], [1.0], [2.0], [3.0]])
+    >>> model.fit(x, np.array([0, 0, 2, 2]), seed=0).predict_proba(x).shape
+    (4, 3)
+    """
+
+    def __init__(
+        self,
+        make_estimator: Callable[[], Any],
+        num_classes: int,
+        count: Callable[[Any], int] | None = None,
+        has_logits: bool = False,
+        min_samples: int = 1,
+    ) -> None:
+        self.make_estimator = make_estimator
+        self.num_classes = num_classes
+        self.count = count
+        self.has_logits = has_logits
+        self.min_samples = min_samples
+        self.estimator: Any = None
+        self.classes_: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._n_train_values = 0
+
+    def fit(self, x: Any, y: Any, seed: int) -> SklearnModel:
+        """Fit a fresh estimator on ``x`` ``(n, ...)`` and class indices ``y`` ``(n,)``.
+
+        Raises
+        ------
+        DataError
+            Labels outside ``0..num_classes-1``, fewer than two classes present, or fewer
+            than ``min_samples`` examples.
+        """
+        xf = _flat(x)  # (n, d)
+        yi = np.asarray(y).astype(np.int64).reshape(-1)  # (n,)
+        if yi.size and (yi.min() < 0 or yi.max() >= self.num_classes):
+            raise DataError(
+                f"class labels must lie in 0..{self.num_classes - 1}, got {yi.min()}..{yi.max()}",
+                hint="check the task's class names and labels",
+            )
+        if np.unique(yi).size < 2:
+            raise DataError(
+                "cannot fit a classifier on fewer than two classes",
+                hint="use a larger training split",
+            )
+        if yi.size < self.min_samples:
+            raise DataError(
+                f"this model needs at least {self.min_samples} training examples, got {yi.size}",
+                hint="use a larger training split or a smaller k",
+            )
+        est = self.make_estimator()
+        # Seed every random_state (also inside pipelines) so that a run is reproducible.
+        seeded = {k: seed for k in est.get_params() if k.split("__")[-1] == "random_state"}
+        est.set_params(**seeded)
+        with warnings.catch_warnings():
+            # max_iter is a knob; hitting it is a choice, not something to print per run.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(xf, yi)
+        self.estimator = est
+        self.classes_ = np.asarray(est.classes_, dtype=np.int64)
+        self._n_train_values = xf.size
+        return self
+
+    def _fitted(self) -> Any:
+        if self.estimator is None:
+            raise RuntimeError("call fit() before predicting")
+        return self.estimator
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities ``(n, num_classes)``; classes absent in training get 0."""
+        present = self._fitted().predict_proba(_flat(x))  # (n, classes seen in fit)
+        proba = np.zeros((present.shape[0], self.num_classes))  # (n, num_classes)
+        proba[:, self.classes_] = present
+        return proba
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """Decision scores ``(n, num_classes)`` whose softmax is ``predict_proba``."""
+        scores = np.asarray(self._fitted().decision_function(x), dtype=np.float64)
+        if scores.ndim == 1:
+            # Binary problems give one score d with p(second class) = sigmoid(d);
+            # softmax([-d/2, d/2]) is the same probability.
+            scores = np.stack([-scores / 2, scores / 2], axis=1)  # (n, 2)
+        # Absent classes get a finite, very low score: -inf would poison later arithmetic.
+        floor = scores.min(axis=1, keepdims=True) - ABSENT_CLASS_MARGIN  # (n, 1)
+        logits = np.repeat(floor, self.num_classes, axis=1)  # (n, num_classes)
+        logits[:, self.classes_] = scores
+        return logits
+
+    def representations(self, x: Any) -> dict[str, np.ndarray]:
+        """``{"logits", "proba"}`` for models with decision scores, else ``{"proba"}``."""
+        xf = _flat(x)
+        reps: dict[str, np.ndarray] = {}
+        if self.has_logits:
+            reps["logits"] = self._logits(xf)
+        reps["proba"] = self.predict_proba(xf)
+        return reps
+
+    @property
+    def n_parameters(self) -> int:
+        """Learned values of the fitted estimator (0 before :meth:`fit`)."""
+        if self.estimator is None:
+            return 0
+        if self.count is None:
+            return self._n_train_values
+        return self.count(self.estimator)
+
+
+class LogRegKnobs(Knobs):
+    """Knobs of ``logreg``: inverse regularisation strength ``C`` and ``max_iter``."""
+
+    C: float = Field(1.0, gt=0.0, description="inverse L2 regularisation strength")
+    max_iter: PositiveInt = Field(1000, description="maximum solver iterations")
+
+
+class RandomForestKnobs(Knobs):
+    """Knobs of ``random_forest``."""
+
+    n_estimators: PositiveInt = Field(100, description="number of trees")
+    max_depth: PositiveInt | None = Field(None, description="maximum tree depth (None: unlimited)")
+    min_samples_leaf: PositiveInt = Field(1, description="minimum samples per leaf")
+
+
+class KNNKnobs(Knobs):
+    """Knobs of ``knn``: the number of neighbours ``k``."""
+
+    k: PositiveInt = Field(5, description="number of neighbours")
+
+
+@family(
+    "logreg",
+    kind="sklearn",
+    modalities=("sequence", "image", "tabular"),
+    knobs=LogRegKnobs,
+    description="standardise, then multinomial logistic regression (scikit-learn)",
+)
+def build_logreg(
+    knobs: LogRegKnobs, input_shape: tuple[int, ...], num_classes: int, modality: Modality
+) -> SklearnModel:
+    """Build a logistic-regression :class:`SklearnModel`."""
+    check_input_shape("logreg", input_shape, modality)
+
+    def make() -> Pipeline:
+        return make_pipeline(
+            StandardScaler(), LogisticRegression(C=knobs.C, max_iter=knobs.max_iter)
+        )
+
+    return SklearnModel(make, num_classes, count=_n_logreg, has_logits=True)
+
+
+@family(
+    "random_forest",
+    kind="sklearn",
+    modalities=("sequence", "image", "tabular"),
+    knobs=RandomForestKnobs,
+    description="random forest of decision trees (scikit-learn)",
+)
+def build_random_forest(
+    knobs: RandomForestKnobs, input_shape: tuple[int, ...], num_classes: int, modality: Modality
+) -> SklearnModel:
+    """Build a random-forest :class:`SklearnModel` (seeded by ``fit``)."""
+    check_input_shape("random_forest", input_shape, modality)
+
+    def make() -> ClassifierMixin:
+        return RandomForestClassifier(
+            n_estimators=knobs.n_estimators,
+            max_depth=knobs.max_depth,
+            min_samples_leaf=knobs.min_samples_leaf,
+            n_jobs=1,  # parallelism belongs to the run scheduler, not to one model
+        )
+
+    return SklearnModel(make, num_classes, count=_n_forest)
+
+
+@family(
+    "knn",
+    kind="sklearn",
+    modalities=("sequence", "image", "tabular"),
+    knobs=KNNKnobs,
+    description="standardise, then k-nearest-neighbours vote (scikit-learn)",
+)
+def build_knn(
+    knobs: KNNKnobs, input_shape: tuple[int, ...], num_classes: int, modality: Modality
+) -> SklearnModel:
+    """Build a k-NN :class:`SklearnModel`; its parameters are the stored training values."""
+    check_input_shape("knn", input_shape, modality)
+
+    def make() -> Pipeline:
+        return make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=knobs.k))
+
+    return SklearnModel(make, num_classes, count=None, min_samples=knobs.k)
