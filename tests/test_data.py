@@ -276,7 +276,10 @@ def test_csv_bad_option_names_the_key(tmp_path: Path) -> None:
 
 def test_real_adult() -> None:
     folder = shared_data("adult")
-    columns = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income"]
+    columns = (
+        "age workclass fnlwgt education education-num marital-status occupation relationship "
+        "race sex capital-gain capital-loss hours-per-week native-country income"
+    ).split()
     options = {
         "label": "income",
         "columns": columns,
