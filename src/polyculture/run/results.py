@@ -90,11 +90,11 @@ class RunResults:
         members = self.members
         references = self.task.get("reference_accuracy", {})
         shifted = sorted(
-            {
-                c[: -len("_accuracy")]
-                for c in members.columns
-                if c.startswith("test_") and c.endswith("_accuracy")
-            }
+            column.removesuffix("_accuracy")
+            for column in members.columns
+            if column.startswith("test_")
+            and column.endswith("_accuracy")
+            and column != "test_accuracy"
         )
         rows = []
         for name, group in members.groupby("name", sort=False):

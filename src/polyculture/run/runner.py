@@ -312,10 +312,17 @@ def assemble_tables(store: RunStore, task: Task, plans: list[MemberPlan]) -> Non
             )
         history = store.history(plan.member_id)
         if len(history):
-            history_frames.append(history.assign(member_id=plan.member_id))
+            history.insert(0, "member_id", plan.member_id)
+            history_frames.append(history)
     tables = store.tables_dir
     write_table(pd.DataFrame(member_rows), tables / "members.parquet", csv=True)
-    if prediction_frames:
-        write_table(pd.concat(prediction_frames, ignore_index=True), tables / "predictions.parquet")
-    if history_frames:
-        write_table(pd.concat(history_frames, ignore_index=True), tables / "history.parquet")
+    # Always written (possibly empty) so no table from an earlier run of the study survives.
+    write_table(_concat(prediction_frames, PREDICTION_COLUMNS), tables / "predictions.parquet")
+    write_table(_concat(history_frames, ["member_id"]), tables / "history.parquet")
+
+
+PREDICTION_COLUMNS = ["member_id", "split", "instance", "label", "prediction", "p_true", "correct"]
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

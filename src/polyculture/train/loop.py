@@ -24,7 +24,14 @@ from polyculture.train.spec import TrainSpec
 
 
 class DivergenceError(Exception):
-    """Training produced a non-finite loss; the member is recorded as failed."""
+    """Training produced a non-finite loss; the member is recorded as failed.
+
+    ``history`` holds the epochs evaluated before the loss diverged.
+    """
+
+    def __init__(self, message: str, history: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.history = history
 
 
 @dataclass
@@ -172,7 +179,8 @@ def fit(
         if not math.isfinite(train_loss):
             raise DivergenceError(
                 f"training loss became {train_loss} in epoch {epoch} (step <= {step}); "
-                f"lower train.lr (now {spec.lr}) or set train.grad_clip"
+                f"lower train.lr (now {spec.lr}) or set train.grad_clip",
+                _history(rows),
             )
         last = step >= total_steps or epoch == spec.epochs
         if epoch % spec.eval_every and not last:
@@ -201,6 +209,14 @@ def fit(
         if last:
             break
     model.load_state_dict(best_state)
-    history = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
-    history = history.astype({"epoch": "int64", "step": "int64"})
-    return TrainOutcome(history, step, best_epoch, stopped_early, time.perf_counter() - started)
+    return TrainOutcome(
+        _history(rows), step, best_epoch, stopped_early, time.perf_counter() - started
+    )
+
+
+HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+def _history(rows: list[dict[str, float]]) -> pd.DataFrame:
+    history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    return history.astype({"epoch": "int64", "step": "int64"})

@@ -21,7 +21,6 @@ from polyculture.data.task import Task
 from polyculture.train.loop import DivergenceError, EpochCallback, fit
 from polyculture.train.spec import TrainSpec
 from polyculture.zoo.base import (
-    FAMILIES,
     ClassicalModel,
     ModelSpec,
     ZooModel,
@@ -149,7 +148,7 @@ def train_member(
         else:
             result = _train_torch(model, task, train_spec, seed, probe, device, on_epoch)
     except DivergenceError as err:
-        result = MemberResult(status="failed", reason=str(err))
+        result = MemberResult(status="failed", reason=str(err), history=err.history)
     except (RuntimeError, ValueError, FloatingPointError) as err:
         # Numerical or resource failures of one member must not stop the study.
         result = MemberResult(
@@ -213,8 +212,3 @@ def _train_classical(
         probabilities=probabilities,
         representations=representations,
     )
-
-
-def family_kind(model_spec: ModelSpec) -> str:
-    """``torch`` or ``sklearn`` for the spec's family."""
-    return FAMILIES.get(model_spec.family).kind
