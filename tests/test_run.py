@@ -115,6 +115,15 @@ def test_run_directory_contract(tiny_run: Path) -> None:
     assert any((tiny_run / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def test_user_text_in_names_stays_inside_the_run_directory(tmp_path: Path) -> None:
+    hostile = {"family": "mlp", "name": "../../escape/<b>", "params": {"width": 8}}
+    results = run_study(tiny_study(seeds=[0], zoo=[hostile]), tmp_path / "runs")
+    assert results.members["name"].tolist() == ["../../escape/<b>"]
+    assert not (tmp_path / "escape").exists()
+    logs = [p.name for p in (results.root / "tensorboard").iterdir()]
+    assert len(logs) == 1 and "/" not in logs[0] and not logs[0].startswith(".")
+
+
 def test_diverging_member_is_recorded_and_the_study_goes_on(tiny_run: Path) -> None:
     members = load_run(tiny_run).members
     failed = members[members["status"] == "failed"]

@@ -131,3 +131,21 @@ def test_grid_and_per_entry_train() -> None:
     assert [p.model.params["width"] for p in plans] == [8, 8, 16, 16]
     assert {p.train.lr for p in plans} == {0.5} and plans[0].train.augment.noise == 0.2
     assert plans[0].train.epochs == 3  # inherited from [train]
+
+
+def test_entry_names_and_clashes() -> None:
+    same_model = [{"family": "mlp"}, {"family": "mlp", "train": {"lr": 0.1}}]
+    with pytest.raises(ConfigError, match="zoo entries 0 and 1 both make models named 'mlp'"):
+        load_study(tiny_study(zoo=same_model))
+    named = [{"family": "mlp"}, {"family": "mlp", "name": "mlp-fast", "train": {"lr": 0.1}}]
+    plans = expand(load_study(tiny_study(zoo=named)))
+    assert [p.label for p in plans] == ["mlp", "mlp", "mlp-fast", "mlp-fast"]
+    grid = [{"family": "mlp", "name": "wide", "grid": {"width": [8, 16]}}]
+    assert {p.label for p in expand(load_study(tiny_study(zoo=grid)))} == {
+        "wide(width=8)",
+        "wide(width=16)",
+    }
+    # renaming does not change what is trained
+    assert [p.member_id for p in plans[2:]] == [
+        p.member_id for p in expand(load_study(tiny_study(zoo=[named[1] | {"name": "other"}])))
+    ]

@@ -47,3 +47,7 @@ class RegistryError(PolycultureError):
 
 class RunStoreError(PolycultureError):
     """A run directory is missing, incomplete or was written by an incompatible study."""
+
+
+class ExecutionError(PolycultureError):
+    """Training could not go on (a worker process died); the run directory stays resumable."""

@@ -9,12 +9,15 @@ extended study resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import torch
 import polyculture
 from polyculture.data.builders import DataSpec, build_task
 from polyculture.data.task import Task
+from polyculture.errors import ExecutionError
 from polyculture.measure.performance import classification_metrics
 from polyculture.run.results import RunResults
 from polyculture.run.store import RunStore, write_table, write_text
@@ -131,8 +135,6 @@ def run_study(
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, indent=2, default=str)
 
 
@@ -172,8 +174,10 @@ def train_and_store(
         error_detail=result.error_detail,
     )
     if len(result.history):
+        # The display name is user text: keep only characters that are safe in a folder name.
+        folder = re.sub(r"[^A-Za-z0-9_.,=()-]", "_", plan.label).lstrip(".")
         log_history(
-            store.root / "tensorboard" / f"{plan.label}-seed{plan.seed}-{plan.member_id}",
+            store.root / "tensorboard" / f"{folder}-seed{plan.seed}-{plan.member_id}",
             result.history,
         )
     return record
@@ -272,7 +276,15 @@ def _run_parallel(
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    record = future.result()
+                    try:
+                        record = future.result()
+                    except BrokenProcessPool:
+                        plan = futures[future]
+                        raise ExecutionError(
+                            f"a worker process died while training {plan.label} seed {plan.seed} "
+                            "(killed, or out of memory)",
+                            hint="rerun the same command to resume; --workers 1 uses less memory",
+                        ) from None
                     if on_member is not None:
                         on_member(futures[future], record, False)
         except BaseException:
@@ -287,7 +299,7 @@ def assemble_tables(store: RunStore, task: Task, plans: list[MemberPlan]) -> Non
     for plan in plans:
         record = store.member_record(plan.member_id)
         row = {k: v for k, v in record.items() if k not in ("metrics", "params", "train", "layers")}
-        row["params"] = _json(record["params"]).replace("\n", "").replace("  ", " ")
+        row["params"] = json.dumps(record["params"], sort_keys=True)
         row["layers"] = ",".join(record["layers"])
         for split_name, values in record["metrics"].items():
             for metric, value in values.items():

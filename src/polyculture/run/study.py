@@ -39,6 +39,8 @@ MEMBER_SCHEMA = 1
 class ZooEntry(BaseModel):
     """One ``[[zoo]]`` entry: a family, its knobs, an optional grid and training overrides.
 
+    ``name`` is the display name of the entry's models (default: family and knobs, e.g.
+    ``mlp(width=64)``); two entries whose models would share a name must set one.
     ``grid`` maps knob names to lists of values; the entry expands to their cartesian product.
     ``train`` overrides keys of the study's ``[train]`` table for this entry only.
     """
@@ -46,6 +48,7 @@ class ZooEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     family: str
+    name: str | None = None
     params: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
     train: dict[str, Any] = {}
@@ -129,11 +132,8 @@ class MemberPlan:
     train: TrainSpec
     seed: int
     kind: str
-
-    @property
-    def label(self) -> str:
-        """Human-readable name of the model (without the seed)."""
-        return self.model.label()
+    label: str
+    """Display name of the model (without the seed), shared by its seeds."""
 
 
 BUILTIN_STUDIES = ("mnist1d", "fashion-mnist", "seed-recipe")
@@ -275,7 +275,8 @@ def expand(study: Study) -> list[MemberPlan]:
     modality = DATASETS.get(study.data.name).modality
     data_key = study.data.model_dump(mode="json")
     plans: list[MemberPlan] = []
-    for entry in study.zoo:
+    owners: dict[str, int] = {}  # display name -> index of the zoo entry that uses it
+    for index, entry in enumerate(study.zoo):
         family = FAMILIES.get(entry.family)
         train = resolved_train(study, entry)
         knobs = list(entry.grid)
@@ -285,6 +286,14 @@ def expand(study: Study) -> list[MemberPlan]:
                 params={**entry.params, **dict(zip(knobs, values, strict=True))},
             )
             resolve_knobs(model, modality)  # type: ignore[arg-type]
+            label = model.label() if entry.name is None else entry.name
+            if len(entry.grid) and entry.name is not None:
+                label = f"{entry.name}{model.label().removeprefix(model.family)}"
+            if owners.setdefault(label, index) != index:
+                raise ConfigError(
+                    f"zoo entries {owners[label]} and {index} both make models named '{label}'",
+                    hint="give one of them a distinct name = '...'",
+                )
             train_key = train.model_dump(mode="json") if family.kind == "torch" else None
             for seed in study.seeds:
                 member_id = stable_hash(
@@ -297,7 +306,7 @@ def expand(study: Study) -> list[MemberPlan]:
                         "probe_size": study.evaluate.probe_size,
                     }
                 )
-                plans.append(MemberPlan(member_id, model, train, seed, family.kind))
+                plans.append(MemberPlan(member_id, model, train, seed, family.kind, label))
     ids = [p.member_id for p in plans]
     if len(set(ids)) != len(ids):
         raise ConfigError("the zoo lists the same member twice", hint="remove the repeated entry")
