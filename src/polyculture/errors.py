@@ -51,3 +51,10 @@ class RunStoreError(PolycultureError):
 
 class ExecutionError(PolycultureError):
     """Training could not go on (a worker process died); the run directory stays resumable."""
+
+
+class MeasureInputError(PolycultureError, ValueError):
+    """Arrays given to a measure have the wrong shape, dtype or values (NaN/inf, too few rows).
+
+    Also a :class:`ValueError`, so code that treats measures like NumPy functions can catch it.
+    """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from polyculture.errors import MeasureInputError
 from polyculture.measure.statistics import bootstrap_ci, bootstrap_mean_ci
 
 EPSILON = 1e-12
@@ -17,13 +18,13 @@ def _check(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or y.ndim != 1 or len(y) != len(proba):
-        raise ValueError(f"need y (n,) and proba (n, classes); got {y.shape} and {proba.shape}")
+        raise MeasureInputError(f"need y (n,) and proba (n, classes); got {y.shape} and {proba.shape}")
     if len(y) == 0:
-        raise ValueError("no instances to score")
+        raise MeasureInputError("no instances to score")
     if y.min() < 0 or y.max() >= proba.shape[1]:
-        raise ValueError(f"labels must lie in [0, {proba.shape[1]})")
+        raise MeasureInputError(f"labels must lie in [0, {proba.shape[1]})")
     if not np.isfinite(proba).all():
-        raise ValueError("proba holds NaN or infinite values")
+        raise MeasureInputError("proba holds NaN or infinite values")
     return y.astype(np.int64), proba
 
 
