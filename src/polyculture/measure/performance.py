@@ -18,7 +18,9 @@ def _check(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or y.ndim != 1 or len(y) != len(proba):
-        raise MeasureInputError(f"need y (n,) and proba (n, classes); got {y.shape} and {proba.shape}")
+        raise MeasureInputError(
+            f"need y (n,) and proba (n, classes); got {y.shape} and {proba.shape}"
+        )
     if len(y) == 0:
         raise MeasureInputError("no instances to score")
     if y.min() < 0 or y.max() >= proba.shape[1]:
