@@ -200,11 +200,9 @@ def _print_summary(results: Any, fmt: str) -> None:
     for column in extra:
         table.add_column(column, justify="right", no_wrap=True)
     for row in summary.itertuples(index=False):
-        accuracy = (
-            "—"
-            if math.isnan(row.accuracy_mean)
-            else (f"{row.accuracy_mean:.3f} ± {row.accuracy_std:.3f}")
-        )
+        accuracy = _fmt(row.accuracy_mean)
+        if not math.isnan(row.accuracy_std):  # undefined with a single seed
+            accuracy += f" ± {row.accuracy_std:.3f}"
         published = "" if math.isnan(row.published) else f"{row.published:.2f}"
         table.add_row(
             escape(str(row.name)),

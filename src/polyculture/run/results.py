@@ -109,8 +109,8 @@ class RunResults:
                 column = f"{split}_{metric}"
                 values = ok[column] if column in ok else pd.Series(dtype=float)
                 row[f"{metric}_mean"] = values.mean()
-                if metric == "accuracy":
-                    row["accuracy_std"] = values.std(ddof=1) if len(values) > 1 else 0.0
+                if metric == "accuracy":  # undefined (NaN) with fewer than two seeds
+                    row["accuracy_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
             for shift in shifted:
                 row[f"{shift}_accuracy_mean"] = ok[f"{shift}_accuracy"].mean()
             row["n_parameters"] = int(group["n_parameters"].median())
