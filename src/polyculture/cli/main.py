@@ -211,7 +211,7 @@ def _print_summary(results: Any, fmt: str) -> None:
             published,
             *(_fmt(getattr(row, c)) for c in shifted),
             *(
-                (_fmt(row.ece_mean), f"{row.n_parameters:,}", _fmt(row.train_seconds_mean, 1))
+                (_fmt(row.ece_mean), _count(row.n_parameters), _fmt(row.train_seconds_mean, 1))
                 if wide
                 else ()
             ),
@@ -233,6 +233,10 @@ def _fmt(value: float, digits: int = 3) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value))
         else (f"{value:.{digits}f}")
     )
+
+
+def _count(value: float) -> str:
+    return "—" if math.isnan(value) else f"{int(value):,}"
 
 
 def _print_frame(frame: pd.DataFrame, fmt: str, title: str) -> None:

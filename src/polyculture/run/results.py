@@ -113,7 +113,7 @@ class RunResults:
                     row["accuracy_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
             for shift in shifted:
                 row[f"{shift}_accuracy_mean"] = ok[f"{shift}_accuracy"].mean()
-            row["n_parameters"] = int(group["n_parameters"].median())
+            row["n_parameters"] = group["n_parameters"].median()  # NaN for audited models
             row["train_seconds_mean"] = ok["train_seconds"].mean()
             row["published"] = references.get(row["family"], np.nan)
             rows.append(row)
