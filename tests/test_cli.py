@@ -55,8 +55,14 @@ def test_run_show_and_registries(tmp_path: Path) -> None:
     result = cli("run", str(path), "--out", str(tmp_path / "runs"), "--set", "train.epochs=2")
     assert result.returncode == 0, result.stderr
     assert "test accuracy" in result.stdout and "logreg" in result.stdout
+    assert "systemic-failure ratio" in result.stdout and "error consistency" in result.stdout
     shown = cli("show", str(tmp_path / "runs" / "tiny"), "--format", "json")
-    rows = json.loads(shown.stdout)
+    shown_json = json.loads(shown.stdout)
+    rows = shown_json["models"]
+    headline = shown_json["homogenization"]
+    assert headline["members"] == 3 and headline["systemic_ratio"] > 0
+    low, high = headline["systemic_ratio_ci"]
+    assert low <= headline["systemic_ratio"] <= high
     assert {row["name"] for row in rows} == {
         "linear",
         "mlp(depth=1,width=32)",
@@ -250,3 +256,48 @@ def test_killed_run_resumes_to_the_same_tables(tmp_path: Path, sig: signal.Signa
     )
     pd.testing.assert_frame_equal(ma, mb)
     assert np.isfinite(ma["test_accuracy"]).all()
+
+
+def test_audit_prints_systemic_failure_and_writes_tables(tmp_path: Path) -> None:
+    from test_audit import five_models
+
+    five_models().to_csv(tmp_path / "vendors.csv", index=False)
+    result = cli(
+        "audit", str(tmp_path / "vendors.csv"), "--out", str(tmp_path / "runs"), "--group", "group"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "systemic-failure ratio" in result.stdout and "95% bootstrap CI" in result.stdout
+    tables = tmp_path / "runs" / "vendors" / "tables"
+    for name in ("members", "predictions", "agreement", "homogenization", "diversity", "groups"):
+        assert (tables / f"{name}.parquet").is_file(), name
+    homogenization = pd.read_parquet(tables / "homogenization.parquet")
+    zoo = homogenization[homogenization["scope"] == "zoo"].iloc[0]
+    assert zoo["systemic_ratio"] > 10  # the fixture shares failures on purpose
+    assert zoo["systemic_ratio_ci_low"] <= zoo["systemic_ratio"] <= zoo["systemic_ratio_ci_high"]
+    assert "group_h_worst" in homogenization
+    shown = cli("show", str(tmp_path / "runs" / "vendors"))
+    assert shown.returncode == 0 and "vendor4" in shown.stdout
+
+
+AUDIT_BAD = {
+    "missing columns": ("instance,model,prediction\n1,a,x\n", ["lacks column(s) label"]),
+    "labels differ": ("instance,model,prediction,label\n1,a,x,x\n1,b,x,y\n", ["different labels"]),
+    "empty file": ("", ["is empty"]),
+    "non-numeric probability": (
+        "instance,model,prediction,label,probability\n1,a,x,x,high\n",
+        ["'probability'", "not numbers in [0, 1]"],
+    ),
+    "different instance sets": (
+        "instance,model,prediction,label\n1,a,x,x\n2,a,x,x\n1,b,x,x\n",
+        ["different instance sets", "--intersect"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(AUDIT_BAD))
+def test_audit_bad_input(tmp_path: Path, case: str) -> None:
+    text, needles = AUDIT_BAD[case]
+    (tmp_path / "p.csv").write_text(text)
+    result = cli("audit", str(tmp_path / "p.csv"), "--out", str(tmp_path / "runs"))
+    assert_clean_failure(result, *needles)
+    assert not (tmp_path / "runs").exists()

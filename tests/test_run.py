@@ -174,3 +174,42 @@ def test_bad_data_leaves_no_run_directory(tmp_path: Path) -> None:
 def test_load_run_errors(tmp_path: Path) -> None:
     with pytest.raises(RunStoreError, match="not a run directory"):
         load_run(tmp_path)
+
+
+def test_zoo_measures_are_stored(tiny_run: Path) -> None:
+    results = load_run(tiny_run)
+    ok = results.members[results.members["status"] == "ok"]
+    store = results.store
+    similarity = store.table("similarity")
+    final = similarity[similarity["measure"] == "linear_cka"]
+    pairs = final[final["layer_a"] == final["layer_b"]]
+    self_pairs = pairs[pairs["member_a"] == pairs["member_b"]]
+    np.testing.assert_allclose(self_pairs["value"], 1.0, atol=1e-6)
+    m = len(ok)
+    assert (
+        len(
+            final[(final["member_a"] != final["member_b"]) | (final["layer_a"] == final["layer_b"])]
+        )
+        >= m * (m + 1) // 2
+    )
+    assert similarity["value"].between(-1e-6, 1 + 1e-6).all()
+    assert set(similarity["member_a"]) <= set(ok["member_id"])  # failed members are left out
+
+    agreement = store.table("agreement")
+    test = agreement[(agreement["split"] == "test") & (agreement["measure"] == "disagreement")]
+    assert len(test) == m * (m + 1) // 2
+    diagonal = test[test["member_a"] == test["member_b"]]
+    assert (diagonal["value"] == 0).all()
+
+    homogenization = store.table("homogenization")
+    scopes = set(homogenization.loc[homogenization["split"] == "test", "scope"])
+    assert {"zoo", "family:linear", "family:mlp"} <= scopes
+    zoo = homogenization[(homogenization["scope"] == "zoo") & (homogenization["split"] == "test")]
+    assert zoo["members"].item() == m
+    counts = store.table("failure_counts")
+    total = counts[(counts["scope"] == "zoo") & (counts["split"] == "test")]
+    assert total["observed"].sum() == pytest.approx(1.0) and total[
+        "expected"
+    ].sum() == pytest.approx(1.0)
+    headline = results.headline()
+    assert headline["members"] == m and np.isfinite(headline["error_consistency_within"])

@@ -141,7 +141,7 @@ def run(
         )
     _print_summary(results, fmt)
     if fmt == "table":
-        console.print(f"run directory: [bold]{results.root}[/]")
+        console.print(f"run directory: [bold]{escape(str(results.root))}[/]")
 
 
 @app.command(epilog="Example:\n\n  polyculture show runs/mnist1d --format json")
@@ -179,14 +179,18 @@ def show(
 
 def _print_summary(results: Any, fmt: str) -> None:
     summary: pd.DataFrame = results.summary()
+    headline = results.headline()
     if fmt == "json":
-        console.print_json(summary.to_json(orient="records"))
+        models = json.loads(summary.to_json(orient="records"))
+        console.print_json(json.dumps({"models": models, "homogenization": headline}))
         return
     shifted = [c for c in summary.columns if c.startswith("test_") and c.endswith("_accuracy_mean")]
     # On narrow terminals keep what the summary is for: accuracy beside the published number.
     wide = console.width >= 110
+    over_seeds = bool((summary["members"] > 1).any())
+    spread = "over seeds (mean ± std)" if over_seeds else "[95% bootstrap CI]"
     table = Table(
-        title=f"{results.study.get('name')}: test accuracy over seeds (mean ± std)",
+        title=f"{escape(str(results.study.get('name')))}: test accuracy {spread}",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("model", overflow="fold", min_width=18)
@@ -203,6 +207,8 @@ def _print_summary(results: Any, fmt: str) -> None:
         accuracy = _fmt(row.accuracy_mean)
         if not math.isnan(row.accuracy_std):  # undefined with a single seed
             accuracy += f" ± {row.accuracy_std:.3f}"
+        elif not math.isnan(row.accuracy_ci_low):
+            accuracy += f" [{row.accuracy_ci_low:.3f}, {row.accuracy_ci_high:.3f}]"
         published = "" if math.isnan(row.published) else f"{row.published:.2f}"
         table.add_row(
             escape(str(row.name)),
@@ -220,11 +226,34 @@ def _print_summary(results: Any, fmt: str) -> None:
     source = results.task.get("reference_source")
     if source:
         console.print(f"published: {source}")
+    if headline:
+        _print_headline(headline)
     failed = results.members[results.members["status"] != "ok"]
     for row in failed.itertuples(index=False):
         console.print(
             f"[red]failed[/] {escape(str(row.name))} seed {row.seed}: {escape(row.reason)}"
         )
+
+
+def _print_headline(headline: dict[str, Any]) -> None:
+    low, high = headline["systemic_ratio_ci"]
+    obs_low, obs_high = headline["systemic_observed_ci"]
+    console.print(
+        f"[bold]homogenization[/] ({headline['split']}, {headline['members']} members): "
+        f"{headline['systemic_observed']:.3f} [{obs_low:.3f}, {obs_high:.3f}] of instances are "
+        f"failed by every member vs {headline['systemic_expected']:.3g} expected if errors were "
+        f"independent: systemic-failure ratio {headline['systemic_ratio']:.3g} "
+        f"[{low:.3g}, {high:.3g}] (95% bootstrap CI)",
+        highlight=False,
+    )
+    within, across = headline["error_consistency_within"], headline["error_consistency_across"]
+    if math.isnan(across):  # one family (e.g. an audit): every pair is "within"
+        consistency = f"{_fmt(within)} between members"
+    else:
+        consistency = f"{_fmt(within)} within families, {_fmt(across)} across families"
+    console.print(f"mean error consistency (Geirhos kappa): {consistency}", highlight=False)
+    if headline["note"]:
+        console.print(f"note: {escape(headline['note'])}", highlight=False)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -249,6 +278,71 @@ def _print_frame(frame: pd.DataFrame, fmt: str, title: str) -> None:
     for row in frame.itertuples(index=False):
         table.add_row(*(_fmt(v) if isinstance(v, float) else escape(str(v)) for v in row))
     console.print(table)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  polyculture audit vendors.csv                  # long or wide layout, detected\n\n"
+        "  polyculture audit preds.parquet --group sex --group race --intersect\n\n"
+        "  polyculture audit scores.csv --model-col system --prediction-col decision"
+    )
+)
+def audit(
+    predictions: Annotated[Path, typer.Argument(help="CSV or Parquet file of predictions.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder of run directories.")] = (
+        Path("runs")
+    ),
+    name: Annotated[
+        str | None, typer.Option(help="Run directory name (default: the file's name).")
+    ] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", "-g", help="Group attribute column (repeatable).")
+    ] = None,
+    intersect: Annotated[
+        bool, typer.Option(help="Keep only instances every model predicted (else an error).")
+    ] = False,
+    instance_col: Annotated[str, typer.Option(help="Instance id column.")] = "instance",
+    label_col: Annotated[str, typer.Option(help="True label column.")] = "label",
+    model_col: Annotated[str, typer.Option(help="Model name column (long layout).")] = "model",
+    prediction_col: Annotated[
+        str, typer.Option(help="Prediction column (long layout).")
+    ] = "prediction",
+    probability_col: Annotated[
+        str, typer.Option(help="Confidence column (long layout, optional).")
+    ] = "probability",
+    fmt: FormatOption = "table",
+) -> None:
+    """Measure homogenization of predictions from anywhere; writes a run directory OUT/NAME.
+
+    Long layout: instance, model, prediction, label[, probability][, groups]. Wide layout:
+    instance, label, then one column of predictions per model.
+    """
+    from polyculture.run import load_run
+    from polyculture.run.analyze import analyze_run
+    from polyculture.run.audit import load_predictions, write_audit_run
+
+    _check_format(fmt)
+    data = load_predictions(
+        predictions,
+        instance_col=instance_col,
+        label_col=label_col,
+        model_col=model_col,
+        prediction_col=prediction_col,
+        probability_col=probability_col,
+        group_cols=list(group or []),
+        intersect=intersect,
+    )
+    if data.dropped and fmt == "table":
+        errors.print(
+            f"--intersect: dropped {data.dropped} instance(s) not predicted by every model"
+        )
+    store = write_audit_run(data, out / (name or predictions.stem))
+    analyze_run(store)
+    results = load_run(store.root)
+    _print_summary(results, fmt)
+    if fmt == "table":
+        console.print(f"run directory: [bold]{escape(str(results.root))}[/]")
 
 
 @app.command()

@@ -80,10 +80,48 @@ class RunResults:
         """Probe-set representations ``(probe, d)`` of one member per layer."""
         return self.store.representations(member_id)
 
+    def headline(self, split: str = "test") -> dict[str, Any]:
+        """The homogenization headline of the run (empty when it was not analysed).
+
+        Keys: ``systemic_ratio`` with ``systemic_ratio_ci`` (whole zoo), ``systemic_observed``
+        with its CI, ``systemic_expected``, ``members``, and the mean error consistency within a
+        family and across families (``error_consistency_within``/``_across``).
+        """
+        store = self.store
+        if not (store.tables_dir / "homogenization.parquet").is_file():
+            return {}
+        table = store.table("homogenization")
+        zoo = table[(table["scope"] == "zoo") & (table["split"] == split)]
+        if zoo.empty:
+            return {}
+        row = zoo.iloc[0]
+        within, across = _mean_pairwise(
+            store.table("agreement"), self.members, "error_consistency", split
+        )
+        return {
+            "split": split,
+            "members": int(row["members"]),
+            "systemic_observed": float(row["systemic_observed"]),
+            "systemic_observed_ci": (
+                float(row["systemic_observed_ci_low"]),
+                float(row["systemic_observed_ci_high"]),
+            ),
+            "systemic_expected": float(row["systemic_expected"]),
+            "systemic_ratio": float(row["systemic_ratio"]),
+            "systemic_ratio_ci": (
+                float(row["systemic_ratio_ci_low"]),
+                float(row["systemic_ratio_ci_high"]),
+            ),
+            "error_consistency_within": within,
+            "error_consistency_across": across,
+            "note": str(row["note"]),
+        }
+
     def summary(self, split: str = "test") -> pd.DataFrame:
         """Per model (family and knobs): mean and std over seeds of the main metrics.
 
-        Columns: ``name``, ``family``, ``members``, ``failed``, ``accuracy_mean``, ``accuracy_std``,
+        Columns: ``name``, ``family``, ``members``, ``failed``, ``accuracy_mean``, ``accuracy_std``
+        (NaN for one member), ``accuracy_ci_low``/``_high`` (one member: its bootstrap CI),
         ``macro_f1_mean``, ``nll_mean``, ``ece_mean``, one ``<shifted>_accuracy_mean`` per shifted
         test set, ``n_parameters``, ``train_seconds_mean`` and ``published`` (NaN where none).
         """
@@ -111,6 +149,11 @@ class RunResults:
                 row[f"{metric}_mean"] = values.mean()
                 if metric == "accuracy":  # undefined (NaN) with fewer than two seeds
                     row["accuracy_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+                    # one member: its bootstrap CI over instances says how sure the number is
+                    for bound in ("ci_low", "ci_high"):
+                        column = f"{split}_accuracy_{bound}"
+                        single = len(ok) == 1 and column in ok
+                        row[f"accuracy_{bound}"] = ok[column].iloc[0] if single else np.nan
             for shift in shifted:
                 row[f"{shift}_accuracy_mean"] = ok[f"{shift}_accuracy"].mean()
             row["n_parameters"] = group["n_parameters"].median()  # NaN for audited models
@@ -118,6 +161,17 @@ class RunResults:
             row["published"] = references.get(row["family"], np.nan)
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+def _mean_pairwise(
+    agreement: pd.DataFrame, members: pd.DataFrame, measure: str, split: str
+) -> tuple[float, float]:
+    """Mean of an agreement measure over pairs within one family and over pairs across families."""
+    rows = agreement[(agreement["measure"] == measure) & (agreement["split"] == split)]
+    rows = rows[rows["member_a"] != rows["member_b"]]
+    family = members.set_index("member_id")["family"]
+    same = rows["member_a"].map(family).to_numpy() == rows["member_b"].map(family).to_numpy()
+    return float(rows.loc[same, "value"].mean()), float(rows.loc[~same, "value"].mean())
 
 
 def load_run(root: str | Path) -> RunResults:

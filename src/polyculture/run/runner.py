@@ -31,6 +31,7 @@ from polyculture.data.builders import DataSpec, build_task
 from polyculture.data.task import Task
 from polyculture.errors import ExecutionError
 from polyculture.measure.performance import classification_metrics
+from polyculture.run.analyze import analyze_run
 from polyculture.run.results import RunResults
 from polyculture.run.store import RunStore, write_table, write_text
 from polyculture.run.study import MemberPlan, Study, expand, load_study
@@ -120,6 +121,7 @@ def run_study(
             _run_parallel(store, study, pending, device_name, n_workers, on_member)
 
     assemble_tables(store, task, plans)
+    analyze_run(store, seed=study.evaluate.bootstrap_seed)
     write_text(
         store.root / "timing.json",
         _json(
@@ -328,6 +330,9 @@ def assemble_tables(store: RunStore, task: Task, plans: list[MemberPlan]) -> Non
             history_frames.append(history)
     tables = store.tables_dir
     write_table(pd.DataFrame(member_rows), tables / "members.parquet", csv=True)
+    if task.test.groups is not None:  # group attributes of the test instances (and shifted sets)
+        groups = task.test.groups.assign(split="test", instance=task.test.instance_ids().numpy())
+        write_table(groups, tables / "groups.parquet")
     # Always written (possibly empty) so no table from an earlier run of the study survives.
     write_table(_concat(prediction_frames, PREDICTION_COLUMNS), tables / "predictions.parquet")
     write_table(_concat(history_frames, ["member_id"]), tables / "history.parquet")
