@@ -169,6 +169,14 @@ BAD_INPUTS = {
         lambda p: ["mnist1d", "--set", "train.epoch=5"],
         ["no key 'epoch'", "did you mean 'epochs'"],
     ),
+    "unknown device": (
+        lambda p: ["mnist1d", "--device", "cudaa"],
+        ["unknown device 'cudaa'"],
+    ),
+    "missing gpu": (
+        lambda p: ["mnist1d", "--device", "cuda:7"],
+        ["is not available"],
+    ),
     "bad --set value": (
         lambda p: ["mnist1d", "--set", "train.lr=fast"],
         ["train.lr"],
@@ -292,6 +300,17 @@ AUDIT_BAD = {
         ["different instance sets", "--intersect"],
     ),
 }
+
+
+def test_audit_json_and_run_name(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text("instance,label,a,b\n1,x,x,y\n2,y,y,y\n3,x,y,x\n")
+    result = cli("audit", str(tmp_path / "p.csv"), "--out", str(tmp_path / "runs"), "-f", "json")
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(result.stdout)  # strict JSON: undefined numbers are null, not NaN
+    assert parsed["homogenization"]["error_consistency_across"] is None
+    escape = cli("audit", str(tmp_path / "p.csv"), "--out", str(tmp_path), "--name", "../x")
+    assert_clean_failure(escape, "not a plain folder name")
+    assert not (tmp_path.parent / "x").exists()
 
 
 @pytest.mark.parametrize("case", list(AUDIT_BAD))

@@ -299,3 +299,14 @@ def test_real_adult() -> None:
         len(task.train) + len(task.val) == 30_162 - 24 + 1
     )  # complete rows minus exact duplicates
     assert set(task.test.groups["sex"]) == {"Female", "Male"}
+
+
+def test_csv_non_numeric_train_value_with_declared_categoricals(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "t.csv",
+        "x,colour,label\n"
+        + "".join(f"{'oops' if i % 3 == 0 else i},{'rb'[i % 2]},{i % 2}\n" for i in range(30)),
+    )
+    options = {"label": "label", "categorical": ["colour"]}
+    with pytest.raises(DataError, match="train column 'x' has non-numeric values such as 'oops'"):
+        build_task(DataSpec(name="csv", path=str(path), options=options))

@@ -213,3 +213,35 @@ def test_zoo_measures_are_stored(tiny_run: Path) -> None:
     ].sum() == pytest.approx(1.0)
     headline = results.headline()
     assert headline["members"] == m and np.isfinite(headline["error_consistency_within"])
+
+
+def csv_task_study(path: Path) -> dict[str, object]:
+    return tiny_study(
+        name="csvtask",
+        seeds=[0],
+        data={"name": "csv", "path": str(path), "options": {"label": "y"}},
+        zoo=[{"family": "logreg"}, {"family": "random_forest", "params": {"max_depth": None}}],
+    )
+
+
+def test_member_ids_follow_the_data_not_its_path(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{(i * 7) % 5},{i % 2}\n" for i in range(60))
+    first = tmp_path / "a.csv"
+    first.write_text("x,z,y\n" + rows)
+    copy = tmp_path / "elsewhere" / "b.csv"
+    copy.parent.mkdir()
+    copy.write_text("x,z,y\n" + rows)
+    out = tmp_path / "runs"
+    ids = run_study(csv_task_study(first), out).members["member_id"].tolist()
+    skipped: list[bool] = []
+    run_study(csv_task_study(copy), out, on_member=lambda p, r, s: skipped.append(s))
+    assert skipped == [True, True]  # same data from another path: nothing retrains
+    first.write_text("x,z,y\n" + rows.replace("\n3,", "\n4,", 1))
+    changed = run_study(csv_task_study(first), out).members["member_id"].tolist()
+    assert set(changed).isdisjoint(ids)  # edited data: new members
+
+
+def test_single_member_run_has_no_headline(tmp_path: Path) -> None:
+    results = run_study(tiny_study(seeds=[0], zoo=[{"family": "logreg"}]), tmp_path)
+    assert results.headline() == {}
+    assert results.store.table("homogenization").empty

@@ -149,3 +149,16 @@ def test_entry_names_and_clashes() -> None:
     assert [p.member_id for p in plans[2:]] == [
         p.member_id for p in expand(load_study(tiny_study(zoo=[named[1] | {"name": "other"}])))
     ]
+
+
+def test_spelled_out_default_knob_is_the_same_member() -> None:
+    zoo = [{"family": "mlp"}, {"family": "mlp", "params": {"width": 100}}]
+    with pytest.raises(ConfigError, match="same model twice"):
+        load_study(tiny_study(zoo=zoo))
+
+
+def test_seeds_must_be_valid() -> None:
+    with pytest.raises(ConfigError, match="seeds"):
+        load_study(tiny_study(seeds=[-1]))
+    with pytest.raises(ConfigError, match="distinct"):
+        load_study(tiny_study(seeds=[1, 1]))

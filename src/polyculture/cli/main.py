@@ -172,7 +172,7 @@ def show(
             )
             if c in frame
         ]
-        _print_frame(frame[columns], fmt, title=f"members of {results.root}")
+        _print_frame(frame[columns], fmt, title=escape(f"members of {results.root}"))
         return
     _print_summary(results, fmt)
 
@@ -182,7 +182,7 @@ def _print_summary(results: Any, fmt: str) -> None:
     headline = results.headline()
     if fmt == "json":
         models = json.loads(summary.to_json(orient="records"))
-        console.print_json(json.dumps({"models": models, "homogenization": headline}))
+        console.print_json(json.dumps({"models": models, "homogenization": _nan_to_none(headline)}))
         return
     shifted = [c for c in summary.columns if c.startswith("test_") and c.endswith("_accuracy_mean")]
     # On narrow terminals keep what the summary is for: accuracy beside the published number.
@@ -233,6 +233,17 @@ def _print_summary(results: Any, fmt: str) -> None:
         console.print(
             f"[red]failed[/] {escape(str(row.name))} seed {row.seed}: {escape(row.reason)}"
         )
+
+
+def _nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: undefined numbers become null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def _print_headline(headline: dict[str, Any]) -> None:
@@ -320,7 +331,7 @@ def audit(
     """
     from polyculture.run import load_run
     from polyculture.run.analyze import analyze_run
-    from polyculture.run.audit import load_predictions, write_audit_run
+    from polyculture.run.audit import check_run_name, load_predictions, write_audit_run
 
     _check_format(fmt)
     data = load_predictions(
@@ -337,7 +348,7 @@ def audit(
         errors.print(
             f"--intersect: dropped {data.dropped} instance(s) not predicted by every model"
         )
-    store = write_audit_run(data, out / (name or predictions.stem))
+    store = write_audit_run(data, out / check_run_name(name or predictions.stem))
     analyze_run(store)
     results = load_run(store.root)
     _print_summary(results, fmt)

@@ -8,6 +8,7 @@ validation split and the shifted test sets.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ class DataSpec(BaseModel):
     path: str | None = None
     options: dict[str, Any] = {}
     val_fraction: float = Field(0.1, gt=0.0, lt=0.9)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     nonfinite: Literal["error", "drop"] = "error"
     drop_duplicates: bool = True
     unknown_test_classes: Literal["error", "drop"] = "error"
@@ -211,6 +212,11 @@ def _finish(spec: DataSpec, raw: RawData) -> Task:
         index = np.arange(len(y)) if index is None else np.asarray(index, dtype=np.int64)
         if len(x) != len(y):
             raise DataError(f"{split_name} split has {len(x)} examples but {len(y)} labels")
+        if len(y) == 0:
+            raise DataError(
+                f"the {split_name} split is empty after loading",
+                hint="check the file and the cleaning options (classes, label column)",
+            )
         keep = _finite_rows(spec, split_name, x, index, cleaning, raw.feature_names)
         if spec.drop_duplicates:
             keep &= _first_occurrences(x, y, split_name, cleaning, keep)
@@ -343,25 +349,37 @@ def _to_split(
     )
 
 
-def _carve_validation(train: Split, spec: DataSpec) -> tuple[Split, Split]:
-    """Seeded validation split, stratified by label when every class has two examples."""
-    y = train.y.numpy()
-    counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    n_val = max(1, round(len(y) * spec.val_fraction))
-    if n_val >= len(y):
+def seeded_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted row positions of a seeded split holding out ``fraction`` of the rows.
+
+    Stratified by label when the data allow it (every class twice, enough held-out rows for
+    every class), else a plain seeded random split.
+
+    Examples
+    --------
+    >>> kept, held = seeded_split(np.array([0, 0, 1, 1, 0, 1, 0, 1]), 0.25, seed=0)
+    >>> len(kept), len(held), sorted(np.array([0, 0, 1, 1, 0, 1, 0, 1])[held].tolist())
+    (6, 2, [0, 1])
+    """
+    n_held = max(1, math.ceil(len(labels) * fraction))  # as scikit-learn rounds test_size
+    if n_held >= len(labels):
         raise DataError(
-            f"training split has only {len(y)} examples, too few to hold out a validation set",
-            hint="provide more training data or lower data.val_fraction",
+            f"only {len(labels)} rows: too few to hold out {fraction:.0%} of them",
+            hint="provide more data or hold out a smaller fraction",
         )
-    positions = np.arange(len(y))
+    positions = np.arange(len(labels))
     try:
-        fit_rows, val_rows = train_test_split(
-            positions, test_size=n_val, random_state=spec.seed, stratify=stratify
+        kept, held = train_test_split(
+            positions, test_size=n_held, random_state=seed, stratify=labels
         )
-    except ValueError:  # too few examples per class for a stratified split of that size
-        fit_rows, val_rows = train_test_split(positions, test_size=n_val, random_state=spec.seed)
-    fit_rows, val_rows = np.sort(fit_rows), np.sort(val_rows)
+    except ValueError:  # a class with one row, or fewer held-out rows than classes
+        kept, held = train_test_split(positions, test_size=n_held, random_state=seed)
+    return np.sort(kept), np.sort(held)
+
+
+def _carve_validation(train: Split, spec: DataSpec) -> tuple[Split, Split]:
+    """Seeded validation split, stratified by label where possible."""
+    fit_rows, val_rows = seeded_split(train.y.numpy(), spec.val_fraction, spec.seed)
     return train.subset(torch.from_numpy(fit_rows)), train.subset(torch.from_numpy(val_rows))
 
 

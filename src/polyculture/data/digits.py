@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-from polyculture.data.builders import RawData, dataset
+from polyculture.data.builders import RawData, dataset, seeded_split
 
 
 class DigitsOptions(BaseModel):
@@ -18,7 +17,7 @@ class DigitsOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     test_fraction: float = Field(0.25, gt=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=2**32)
 
 
 @dataset(
@@ -38,11 +37,7 @@ def build_digits(path: Path | None, options: DigitsOptions) -> RawData:
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[:, None]  # (n, 1, 8, 8) in [0, 1]
     labels = bunch.target.astype(np.int64)
-    rows = np.arange(len(labels))
-    train_rows, test_rows = train_test_split(
-        rows, test_size=options.test_fraction, random_state=options.split_seed, stratify=labels
-    )
-    train_rows, test_rows = np.sort(train_rows), np.sort(test_rows)
+    train_rows, test_rows = seeded_split(labels, options.test_fraction, options.split_seed)
     mean, std = images[train_rows].mean(), images[train_rows].std()
     images = (images - mean) / std
     return RawData(

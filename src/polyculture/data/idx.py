@@ -26,19 +26,6 @@ from polyculture.errors import DataError
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 
-FASHION_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-
 
 class IdxOptions(BaseModel):
     """Options of the IDX reader.
@@ -102,6 +89,8 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         )
     ndim = payload[3]
     header = 4 + 4 * ndim
+    if len(payload) < header:
+        raise DataError(f"'{path}' is too short for its IDX header", hint="download it again")
     dims = struct.unpack(f">{ndim}I", payload[4:header])
     expected = header + int(np.prod(dims))
     if len(payload) != expected:

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.model_selection import train_test_split
 
-from polyculture.data.builders import RawData, dataset
+from polyculture.data.builders import RawData, dataset, seeded_split
 from polyculture.data.task import CleaningStep
 from polyculture.errors import DataError
 
@@ -57,7 +56,7 @@ class CsvOptions(BaseModel):
     label: str
     test_path: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=2**32)
     groups: list[str] = []
     groups_as_features: bool = True
     columns: list[str] | None = None
@@ -92,7 +91,7 @@ def _read(
             dtype=str,
             keep_default_na=True,
         )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+    except (pd.errors.ParserError, UnicodeError, LookupError, pd.errors.EmptyDataError) as err:
         raise DataError(
             f"cannot parse '{path}': {err}".splitlines()[0],
             hint="check the separator (data.options.sep), encoding and header",
@@ -156,13 +155,17 @@ def _encode(
             names += [f"{column}={category}" for category in categories]
         else:
             numeric_test = pd.to_numeric(test[column], errors="coerce")
-            bad_test = numeric_test.isna() & test[column].notna()
-            if bad_test.any():
-                raise DataError(
-                    f"test column '{column}' has non-numeric values such as "
-                    f"{test.loc[bad_test, column].iloc[0]!r}",
-                    hint="fix the value or list the column in data.options.categorical",
-                )
+            for split, frame, numeric in (
+                ("train", train, numeric_train),
+                ("test", test, numeric_test),
+            ):
+                bad = numeric.isna() & frame[column].notna()
+                if bad.any():
+                    raise DataError(
+                        f"{split} column '{column}' has non-numeric values such as "
+                        f"{frame.loc[bad, column].iloc[0]!r}",
+                        hint="fix the value or list the column in data.options.categorical",
+                    )
             train_values = numeric_train.to_numpy(np.float64)
             finite = train_values[np.isfinite(train_values)]
             mean = finite.mean() if len(finite) else 0.0
@@ -205,17 +208,11 @@ def build_csv(path: Path | None, options: CsvOptions) -> RawData:
         test = _read(Path(options.test_path).expanduser(), options, cleaning, "test")
     else:
         frame = _read(path, options, cleaning, "train")
-        labels = frame[options.label]
-        counts = labels.value_counts()
-        stratify = labels if counts.min() >= 2 else None
-        train_rows, test_rows = train_test_split(
-            np.arange(len(frame)),
-            test_size=options.test_fraction,
-            random_state=options.split_seed,
-            stratify=stratify,
+        train_rows, test_rows = seeded_split(
+            frame[options.label].to_numpy(), options.test_fraction, options.split_seed
         )
-        train = frame.iloc[np.sort(train_rows)].reset_index(drop=True)
-        test = frame.iloc[np.sort(test_rows)].reset_index(drop=True)
+        train = frame.iloc[train_rows].reset_index(drop=True)
+        test = frame.iloc[test_rows].reset_index(drop=True)
     class_names = tuple(options.classes or sorted(train[options.label].unique()))
     lookup = {name: i for i, name in enumerate(class_names)}
     # A test label missing from the lookup gets index len(classes): the common label check

@@ -13,6 +13,7 @@ Input layout by modality (``input_shape`` excludes the batch dimension):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -123,6 +124,19 @@ class Task:
         yield "val", self.val
         yield "test", self.test
         yield from self.shifted.items()
+
+    def fingerprint(self) -> str:
+        """Hash (12 hex characters) of the task's content: every split's inputs, labels and ids.
+
+        Member ids use it, so an edited data file retrains its members while the same data read
+        from another path does not.
+        """
+        digest = hashlib.sha256(f"{self.modality}|{self.class_names}".encode())
+        for name, split in [("train", self.train), *self.eval_splits()]:
+            digest.update(name.encode())
+            for tensor in (split.x, split.y, split.instance_ids()):
+                digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:12]
 
     def summary(self) -> dict[str, object]:
         """Sizes and metadata as plain values (for the resolved config and the report)."""

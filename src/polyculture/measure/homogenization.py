@@ -27,6 +27,7 @@ import torch
 
 from polyculture.errors import MeasureInputError
 from polyculture.measure._checks import Array, binary_matrix, check_bootstrap, to_numpy
+from polyculture.measure.statistics import percentile_interval
 
 __all__ = [
     "FailureCountDistribution",
@@ -181,23 +182,11 @@ def systemic_failure(
         observed=observed,
         expected=float(np.exp(log_expected)),
         ratio=ratio,
-        observed_ci=_percentile_ci(np.concatenate(boot_observed), confidence),
-        ratio_ci=(np.nan, np.nan) if np.isnan(ratio) else _percentile_ci(ratios, confidence),
+        observed_ci=percentile_interval(np.concatenate(boot_observed), confidence),
+        ratio_ci=(np.nan, np.nan) if np.isnan(ratio) else percentile_interval(ratios, confidence),
         error_rates=error_rates,
         note="; ".join(notes),
     )
-
-
-def _percentile_ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    alpha = (1 - confidence) / 2
-    # Ratios beyond float64 are inf; interpolating between infs is NaN, so take order statistics.
-    if np.isfinite(values).all():
-        low, high = np.quantile(values, [alpha, 1 - alpha])
-    else:
-        low, high = np.quantile(values, [alpha, 1 - alpha], method="inverted_cdf")
-    return float(low), float(high)
 
 
 # --------------------------------------------------------------------------------------------

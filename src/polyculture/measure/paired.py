@@ -16,6 +16,7 @@ from scipy.stats import binom
 
 from polyculture.errors import MeasureInputError
 from polyculture.measure._checks import Array, binary_pair, check_bootstrap
+from polyculture.measure.statistics import percentile_interval
 
 __all__ = ["McNemarResult", "PairedBootstrapResult", "mcnemar", "paired_bootstrap"]
 
@@ -145,8 +146,7 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(n, shares, size=n_resamples)  # (n_resamples, 3)
     differences = (draws[:, 0] - draws[:, 1]) / n  # (n_resamples,)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(differences, [alpha, 1 - alpha])
+    low, high = percentile_interval(differences, confidence)
     tail = min(int((differences <= 0).sum()), int((differences >= 0).sum()))
     return PairedBootstrapResult(
         difference=(a_only - b_only) / n,

@@ -7,15 +7,19 @@ Every function takes true class indices ``y`` ``(n,)`` and predicted probabiliti
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from polyculture.errors import MeasureInputError
+from polyculture.measure._checks import to_numpy
 from polyculture.measure.statistics import bootstrap_ci, bootstrap_mean_ci
 
 EPSILON = 1e-12
 
 
 def _check(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y)
+    # Tensors (on any device) are scored on the CPU: these are O(n * classes) reductions.
+    y = to_numpy(y) if isinstance(y, torch.Tensor) else np.asarray(y)
+    proba = to_numpy(proba) if isinstance(proba, torch.Tensor) else proba
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or y.ndim != 1 or len(y) != len(proba):
         raise MeasureInputError(

@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from polyculture.errors import MeasureInputError
+from polyculture.measure._checks import check_bootstrap
+
 
 def bootstrap_mean_ci(
     values: np.ndarray,
@@ -24,9 +27,13 @@ def bootstrap_mean_ci(
     >>> bool(0.7 < low < 0.8 < high < 0.9)
     True
     """
+    check_bootstrap(n_resamples, confidence)
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or len(values) == 0:
-        raise ValueError(f"values must be a non-empty 1-D array, got shape {values.shape}")
+        raise MeasureInputError(
+            f"values must be a non-empty 1-D array, got shape {values.shape}",
+            hint="pass one number per instance",
+        )
     rng = np.random.default_rng(seed)
     n = len(values)
     if np.isin(values, (0.0, 1.0)).all():
@@ -40,9 +47,7 @@ def bootstrap_mean_ci(
                 for start in range(0, n_resamples, block)
             ]
         )
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
+    return percentile_interval(means, confidence)
 
 
 def bootstrap_ci(
@@ -63,11 +68,29 @@ def bootstrap_ci(
     >>> bool(low < 0.5 < high)
     True
     """
+    check_bootstrap(n_resamples, confidence)
     rng = np.random.default_rng(seed)
     stats = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_resamples)])
-    stats = stats[np.isfinite(stats)]
-    if len(stats) == 0:
+    return percentile_interval(stats[np.isfinite(stats)], confidence)
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The central ``confidence`` interval of bootstrap ``values`` (NaN, NaN when empty).
+
+    Infinite values (ratios beyond float64) are ordered, not interpolated, since interpolating
+    between infinities gives NaN.
+
+    Examples
+    --------
+    >>> percentile_interval(np.arange(101.0), 0.5)
+    (25.0, 75.0)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
         return float("nan"), float("nan")
     alpha = (1 - confidence) / 2
-    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    if np.isfinite(values).all():
+        low, high = np.quantile(values, [alpha, 1 - alpha])
+    else:
+        low, high = np.quantile(values, [alpha, 1 - alpha], method="inverted_cdf")
     return float(low), float(high)

@@ -74,8 +74,8 @@ def _scopes(members: pd.DataFrame) -> Iterator[tuple[str, list[str]]]:
 def analyze_run(store: RunStore, *, seed: int = 0, n_resamples: int = 2000) -> None:
     """Compute the zoo-level tables of a run directory (see the module docstring).
 
-    Members that failed are left out. With fewer than two usable members only the similarity
-    table is written (empty), since every measure here compares members.
+    Members that failed are left out. With fewer than two usable members the agreement,
+    homogenization, failure-count and diversity tables are written empty (they compare members).
     """
     members = store.table("members")
     members = members[members["status"] == "ok"].reset_index(drop=True)
@@ -219,11 +219,12 @@ def _similarity(store: RunStore, members: pd.DataFrame) -> pd.DataFrame:
     first = members[members["member_id"].isin(ids)].drop_duplicates("name")["member_id"].tolist()
     for i, a in enumerate(first):
         for b in first[i:]:
-            for layer_a in representations[a]:
-                for layer_b in representations[b]:
-                    if (a, layer_a) == (b, layer_b) or (
-                        layer_a == final_layer(list(representations[a]))
-                        and layer_b == final_layer(list(representations[b]))
+            layers_a, layers_b = list(representations[a]), list(representations[b])
+            for index_a, layer_a in enumerate(layers_a):
+                # within one member, CKA is symmetric: each unordered pair of layers once
+                for layer_b in layers_b[index_a + 1 :] if a == b else layers_b:
+                    if layer_a == final_layer(list(representations[a])) and layer_b == final_layer(
+                        list(representations[b])
                     ):
                         continue  # the diagonal is 1; final x final is already above
                     rows.append(_cka_row(a, layer_a, b, layer_b, representations, False))

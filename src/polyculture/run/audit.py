@@ -3,7 +3,7 @@
 An auditor often holds only the outputs of deployed systems. :func:`load_predictions` reads a CSV
 or Parquet file in one of two layouts and :func:`write_audit_run` writes the same run directory a
 trained zoo gets (``study.toml``, ``task.json``, ``tables/members``, ``tables/predictions``,
-``tables/groups``), so the measures, ``polyculture show`` and the report work on it unchanged.
+``tables/groups``), so the measures and ``polyculture show`` work on it unchanged.
 
 Long layout, one row per (instance, model)::
 
@@ -19,6 +19,7 @@ Wide layout, one row per instance and one column of predictions per model::
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,10 +31,10 @@ import tomli_w
 import torch
 
 import polyculture
-from polyculture.errors import DataError
+from polyculture.errors import ConfigError, DataError
 from polyculture.measure.performance import accuracy, macro_f1
 from polyculture.measure.statistics import bootstrap_ci, bootstrap_mean_ci
-from polyculture.run.store import RunStore, write_table, write_text
+from polyculture.run.store import RunStore, write_optional_table, write_table, write_text
 from polyculture.zoo.base import stable_hash
 
 
@@ -177,10 +178,10 @@ def load_predictions(
         frame[column] = frame[column].astype(str).str.strip()
     empty = frame[[instance_col, model_col, prediction_col, label_col]].eq("").any(axis=1)
     if empty.any():
-        row = frame.index[empty][0]
+        first = frame.loc[empty].iloc[0]
         raise DataError(
-            f"'{path}' has {int(empty.sum())} row(s) with an empty instance, model, prediction or "
-            f"label (first: row {row + 2})",
+            f"'{path}' has {int(empty.sum())} empty instance, model, prediction or label cell(s) "
+            f"(first: instance {first[instance_col]!r}, model {first[model_col]!r})",
             hint="fill in or remove those rows",
         )
     duplicated = frame.duplicated([instance_col, model_col])
@@ -269,6 +270,22 @@ def _natural_key(value: str) -> tuple[int, float | str]:
         return (1, value)
 
 
+def check_run_name(name: str) -> str:
+    """A run directory name must be one plain folder name (no path separators, no leading dot).
+
+    Examples
+    --------
+    >>> check_run_name("vendors-2026")
+    'vendors-2026'
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(
+            f"run name '{name}' is not a plain folder name",
+            hint="use letters, digits, '_', '-' and '.', e.g. --name vendors",
+        )
+    return name
+
+
 def audit_member_id(model: str) -> str:
     """The member id of an audited model (a hash of its name)."""
     return stable_hash({"audit_model": model})
@@ -340,7 +357,8 @@ def write_audit_run(data: AuditData, root: Path, *, seed: int = 0) -> RunStore:
         }))  # fmt: skip
     write_table(pd.DataFrame(members), store.tables_dir / "members.parquet", csv=True)
     write_table(pd.concat(predictions, ignore_index=True), store.tables_dir / "predictions.parquet")
+    groups = None
     if data.groups is not None:
         groups = data.groups.assign(split="test", instance=data.instances)
-        write_table(groups, store.tables_dir / "groups.parquet")
+    write_optional_table(groups, store.tables_dir / "groups.parquet")
     return store

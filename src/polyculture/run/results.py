@@ -52,12 +52,15 @@ class RunResults:
                 hint="pass the folder `polyculture run` wrote, e.g. runs/mnist1d",
             )
         store = RunStore(root)
-        return cls(
-            root=root,
-            study=tomllib.loads((root / "study.toml").read_text()),
-            task=json.loads((root / "task.json").read_text()),
-            members=store.table("members"),
-        )
+        try:
+            study = tomllib.loads((root / "study.toml").read_text())
+            task = json.loads((root / "task.json").read_text())
+        except (OSError, ValueError) as err:  # missing task.json, corrupt TOML or JSON
+            raise RunStoreError(
+                f"'{root}' is an incomplete run directory ({err})",
+                hint="rerun the study (or the audit) that wrote it",
+            ) from None
+        return cls(root=root, study=study, task=task, members=store.table("members"))
 
     @property
     def store(self) -> RunStore:
@@ -91,6 +94,8 @@ class RunResults:
         if not (store.tables_dir / "homogenization.parquet").is_file():
             return {}
         table = store.table("homogenization")
+        if table.empty:  # fewer than two usable members: nothing to compare
+            return {}
         zoo = table[(table["scope"] == "zoo") & (table["split"] == split)]
         if zoo.empty:
             return {}

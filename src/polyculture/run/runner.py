@@ -29,11 +29,11 @@ import torch
 import polyculture
 from polyculture.data.builders import DataSpec, build_task
 from polyculture.data.task import Task
-from polyculture.errors import ExecutionError
+from polyculture.errors import ConfigError, ExecutionError
 from polyculture.measure.performance import classification_metrics
 from polyculture.run.analyze import analyze_run
 from polyculture.run.results import RunResults
-from polyculture.run.store import RunStore, write_table, write_text
+from polyculture.run.store import RunStore, write_optional_table, write_table, write_text
 from polyculture.run.study import MemberPlan, Study, expand, load_study
 from polyculture.train.member import MemberResult, train_member
 from polyculture.train.tensorboard import log_history
@@ -94,8 +94,9 @@ def run_study(
     [['logreg', 'ok']]
     """
     study = load_study(study, list(overrides))
-    plans = expand(study)
+    device_name = check_device(device or study.execution.device)
     task = build_task(study.data)  # fails on bad data before any file is written
+    plans = expand(study, task.fingerprint())
     store = RunStore(Path(out) / study.name)
     started = time.perf_counter()
     _write_resolved_study(store, study)
@@ -113,7 +114,6 @@ def run_study(
     execution = study.execution
     n_workers = workers if workers is not None else execution.workers
     n_workers = default_workers(len(pending)) if n_workers == 0 else n_workers
-    device_name = device or execution.device
     if pending:
         if n_workers <= 1 or len(pending) == 1:
             _run_serial(store, task, study, pending, device_name, on_member)
@@ -136,6 +136,43 @@ def run_study(
     return RunResults.load(store.root)
 
 
+def _without_none(value: Any) -> Any:
+    """TOML has no null: drop ``None`` values (they are the defaults of optional keys)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value if v is not None]
+    return value
+
+
+def check_device(name: str) -> str:
+    """Validate a device name before anything trains (a bad one would fail every member).
+
+    Examples
+    --------
+    >>> check_device("cpu")
+    'cpu'
+    """
+    if name == "auto":
+        return name
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown device '{name}'", hint="use auto, cpu or cuda[:index]"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"device '{name}' is not available ({count} CUDA device(s) visible)",
+                hint="use --device auto or --device cpu",
+            )
+    elif device.type != "cpu":
+        raise ConfigError(f"device '{name}' is not supported", hint="use auto, cpu or cuda[:index]")
+    return name
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, default=str)
 
@@ -155,7 +192,7 @@ def _write_resolved_study(store: RunStore, study: Study) -> None:
         "numpy": np.__version__,
         "python": sys.version.split()[0],
     }
-    write_text(store.root / "study.toml", tomli_w.dumps(resolved))
+    write_text(store.root / "study.toml", tomli_w.dumps(_without_none(resolved)))
 
 
 def train_and_store(
@@ -330,9 +367,10 @@ def assemble_tables(store: RunStore, task: Task, plans: list[MemberPlan]) -> Non
             history_frames.append(history)
     tables = store.tables_dir
     write_table(pd.DataFrame(member_rows), tables / "members.parquet", csv=True)
-    if task.test.groups is not None:  # group attributes of the test instances (and shifted sets)
+    groups = None  # group attributes of the test instances (shared by the shifted sets)
+    if task.test.groups is not None:
         groups = task.test.groups.assign(split="test", instance=task.test.instance_ids().numpy())
-        write_table(groups, tables / "groups.parquet")
+    write_optional_table(groups, tables / "groups.parquet")
     # Always written (possibly empty) so no table from an earlier run of the study survives.
     write_table(_concat(prediction_frames, PREDICTION_COLUMNS), tables / "predictions.parquet")
     write_table(_concat(history_frames, ["member_id"]), tables / "history.parquet")

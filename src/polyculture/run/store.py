@@ -82,6 +82,14 @@ def write_table(frame: pd.DataFrame, target: Path, csv: bool = False) -> None:
             frame.to_csv(tmp, index=False)
 
 
+def write_optional_table(frame: pd.DataFrame | None, target: Path) -> None:
+    """Write ``frame``, or remove ``target`` when there is none, so no stale table survives."""
+    if frame is None:
+        target.unlink(missing_ok=True)
+    else:
+        write_table(frame, target)
+
+
 class RunStore:
     """Read and write one run directory.
 

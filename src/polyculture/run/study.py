@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import polyculture.data
 import polyculture.zoo  # noqa: F401  (registers families)
-from polyculture.data.builders import DATASETS, DataSpec
+from polyculture.data.builders import DATASETS, DataSpec, validate_options
 from polyculture.errors import ConfigError
 from polyculture.train.spec import TrainSpec
 from polyculture.validation import (
@@ -120,6 +120,8 @@ class Study(BaseModel):
     def _unique_seeds(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct")
+        if any(not 0 <= seed < 2**32 for seed in seeds):
+            raise ValueError("seeds must lie in [0, 2**32)")
         return seeds
 
 
@@ -182,7 +184,10 @@ def _raw_study(source: str | Path | Study | dict[str, Any]) -> dict[str, Any]:
     if isinstance(source, str) and source in BUILTIN_STUDIES and not path.exists():
         text = builtin_study_text(source)
     elif path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"'{source}' is not UTF-8 text", hint="save it as UTF-8") from None
     else:
         raise ConfigError(
             f"no study file or built-in study named '{source}'",
@@ -266,26 +271,32 @@ def resolved_train(study: Study, entry: ZooEntry) -> TrainSpec:
         raise as_config_error(err, TrainSpec, f"zoo '{entry.family}' train.") from None
 
 
-def expand(study: Study) -> list[MemberPlan]:
+def expand(study: Study, data_key: str | None = None) -> list[MemberPlan]:
     """All members of a study: entries x grid points x seeds, validated, with stable ids.
 
-    The member id hashes the data spec, the model spec, the training spec (torch members only),
-    the seed and the probe size, so any change to one of them makes a new member.
+    The member id hashes the data (``data_key``: the task's fingerprint once the task is built,
+    else the validated data spec), the validated knob values, the training spec (torch members
+    only), the seed and the evaluation settings: a change to any of them makes a new member, and
+    spelling out a default knob value does not.
     """
-    modality = DATASETS.get(study.data.name).modality
-    data_key = study.data.model_dump(mode="json")
+    builder = DATASETS.get(study.data.name)
+    if data_key is None:
+        options = validate_options(builder, study.data.options).model_dump(mode="json")
+        data_key = stable_hash(study.data.model_dump(mode="json") | {"options": options})
+    evaluate_key = study.evaluate.model_dump(mode="json")
     plans: list[MemberPlan] = []
     owners: dict[str, int] = {}  # display name -> index of the zoo entry that uses it
     for index, entry in enumerate(study.zoo):
         family = FAMILIES.get(entry.family)
         train = resolved_train(study, entry)
-        knobs = list(entry.grid)
-        for values in itertools.product(*(entry.grid[k] for k in knobs)):
+        train_key = train.model_dump(mode="json") if family.kind == "torch" else None
+        grid_keys = list(entry.grid)
+        for values in itertools.product(*(entry.grid[k] for k in grid_keys)):
             model = ModelSpec(
                 family=entry.family,
-                params={**entry.params, **dict(zip(knobs, values, strict=True))},
+                params={**entry.params, **dict(zip(grid_keys, values, strict=True))},
             )
-            resolve_knobs(model, modality)  # type: ignore[arg-type]
+            knobs = resolve_knobs(model, builder.modality)  # type: ignore[arg-type]
             label = model.label() if entry.name is None else entry.name
             if len(entry.grid) and entry.name is not None:
                 label = f"{entry.name}{model.label().removeprefix(model.family)}"
@@ -294,20 +305,23 @@ def expand(study: Study) -> list[MemberPlan]:
                     f"zoo entries {owners[label]} and {index} both make models named '{label}'",
                     hint="give one of them a distinct name = '...'",
                 )
-            train_key = train.model_dump(mode="json") if family.kind == "torch" else None
+            model_key = {"family": model.family, "params": knobs.model_dump(mode="json")}
             for seed in study.seeds:
                 member_id = stable_hash(
                     {
                         "schema": MEMBER_SCHEMA,
                         "data": data_key,
-                        "model": model.model_dump(mode="json"),
+                        "model": model_key,
                         "train": train_key,
                         "seed": seed,
-                        "probe_size": study.evaluate.probe_size,
+                        "evaluate": evaluate_key,
                     }
                 )
                 plans.append(MemberPlan(member_id, model, train, seed, family.kind, label))
     ids = [p.member_id for p in plans]
     if len(set(ids)) != len(ids):
-        raise ConfigError("the zoo lists the same member twice", hint="remove the repeated entry")
+        raise ConfigError(
+            "the zoo lists the same model twice (same family, knob values and training)",
+            hint="remove the repeated entry",
+        )
     return plans

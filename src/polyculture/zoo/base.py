@@ -152,19 +152,14 @@ class ModelSpec(BaseModel):
 
     Examples
     --------
-    >>> spec = ModelSpec(family="mlp", params={"width": 64})
-    >>> len(spec.spec_id())
-    12
+    >>> ModelSpec(family="mlp", params={"width": 64}).label()
+    'mlp(width=64)'
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     family: str
     params: dict[str, Any] = {}
-
-    def spec_id(self) -> str:
-        """Hash of the content (12 hex characters)."""
-        return stable_hash(self.model_dump(mode="json"))
 
     def label(self) -> str:
         """Short human-readable name, e.g. ``mlp(width=64)``."""
