@@ -90,11 +90,12 @@ def write(tmp_path: Path, text: str) -> Path:
         ("instance,model,prediction,label,probability\n1,a,x,x,1.5\n", "not numbers in [0, 1]"),
         ("instance,model,prediction,label\n1,a,,x\n", "empty instance, model, prediction"),
         ("instance,model,prediction,label\n1,a,x,x\n2,a,x,x\n1,b,x,x\n", "different instance sets"),
+        ("instance,model,prediction,label,group\n1,a,x,x,f\n1,b,x,x,m\n", "group column 'group'"),
     ],
 )
 def test_bad_predictions_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(DataError, match=re.escape(message)):
-        load_predictions(write(tmp_path, text))
+        load_predictions(write(tmp_path, text), group_cols=["group"] if ",group" in text else [])
 
 
 def test_intersect_keeps_common_instances(tmp_path: Path) -> None:

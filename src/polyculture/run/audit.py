@@ -203,6 +203,14 @@ def load_predictions(
             hint="every model must be scored against the same true label",
         )
 
+    for column in group_cols:
+        varying = frame.groupby(instance_col)[column].nunique()
+        if (varying > 1).any():
+            raise DataError(
+                f"group column '{column}' differs between rows of instance "
+                f"{varying[varying > 1].index[0]!r}",
+                hint="a group attribute belongs to the instance: give it one value per instance",
+            )
     model_names = list(dict.fromkeys(frame[model_col]))
     per_model = frame.groupby(model_col)[instance_col].apply(set)
     common = set.intersection(*per_model.values)
