@@ -1,9 +1,8 @@
 """MNIST-1D (Greydanus & Kobak 2020), generated offline with the ``mnist1d`` package.
 
-We call ``make_dataset(get_dataset_args())`` directly: ``get_dataset()`` tries the network and
-writes
-a pickle into the working directory. ``make_dataset`` reseeds Python's and NumPy's global random
-generators, so we restore the caller's state afterwards.
+We call ``make_dataset(get_dataset_args())`` directly: the package's download helper tries the
+network and writes a pickle into the working directory. ``make_dataset`` reseeds Python's and
+NumPy's global random generators, so we restore the caller's state afterwards.
 """
 
 from __future__ import annotations
