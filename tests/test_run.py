@@ -113,6 +113,10 @@ def test_run_directory_contract(tiny_run: Path) -> None:
     history = results.history()
     assert set(history["member_id"]) == set(ok.loc[ok["kind"] == "torch", "member_id"])
     assert any((tiny_run / "tensorboard").rglob("events.out.tfevents.*"))
+    projector = list((tiny_run / "tensorboard").rglob("projector_config.pbtxt"))
+    assert len(projector) == len(ok)  # the final-layer probe embedding of every ok member
+    metadata = next((tiny_run / "tensorboard").rglob("metadata.tsv")).read_text().split()
+    assert len(metadata) == 100 and set(metadata) <= set("0123456789")
 
 
 def test_user_text_in_names_stays_inside_the_run_directory(tmp_path: Path) -> None:

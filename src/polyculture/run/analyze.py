@@ -36,6 +36,7 @@ from polyculture.measure.homogenization import (
 )
 from polyculture.measure.similarity import linear_cka
 from polyculture.run.store import RunStore, write_table
+from polyculture.zoo.base import final_layer
 
 TEST_LIKE = "test"
 """Splits analysed: ``test`` and the shifted test sets (``test_*``), not validation."""
@@ -194,12 +195,6 @@ def _homogenization_row(
             "group_h_worst": grouped.h_worst,
         }
     return row
-
-
-def final_layer(layers: list[str]) -> str:
-    """The member's last representation before its output (``logits``/``proba`` if none)."""
-    hidden = [name for name in layers if name not in ("logits", "proba")]
-    return hidden[-1] if hidden else layers[0]
 
 
 def _similarity(store: RunStore, members: pd.DataFrame) -> pd.DataFrame:

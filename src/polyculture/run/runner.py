@@ -36,7 +36,8 @@ from polyculture.run.results import RunResults
 from polyculture.run.store import RunStore, write_optional_table, write_table, write_text
 from polyculture.run.study import MemberPlan, Study, expand, load_study
 from polyculture.train.member import MemberResult, train_member
-from polyculture.train.tensorboard import log_history
+from polyculture.train.tensorboard import log_member
+from polyculture.zoo.base import final_layer
 
 ProgressCallback = Callable[[MemberPlan, dict[str, Any], bool], None]
 """Called once per member with its plan, its record, and whether it was skipped (already done)."""
@@ -212,12 +213,17 @@ def train_and_store(
         history=result.history,
         error_detail=result.error_detail,
     )
-    if len(result.history):
+    if len(result.history) or result.representations:
         # The display name is user text: keep only characters that are safe in a folder name.
         folder = re.sub(r"[^A-Za-z0-9_.,=()-]", "_", plan.label).lstrip(".")
-        log_history(
+        layer = final_layer(list(result.representations)) if result.representations else ""
+        probe_labels = task.test.y[: study.evaluate.probe_size].tolist()
+        log_member(
             store.root / "tensorboard" / f"{folder}-seed{plan.seed}-{plan.member_id}",
             result.history,
+            result.representations.get(layer),
+            [task.class_names[c] for c in probe_labels],
+            tag=layer or "final_layer",
         )
     return record
 

@@ -1,23 +1,43 @@
-"""TensorBoard scalars of a member's training history (loss, accuracy, learning rate per epoch)."""
+"""TensorBoard logs of a member: training scalars and the probe-set embedding for the projector."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 
-def log_history(log_dir: Path, history: pd.DataFrame) -> None:
-    """Write ``history`` (one row per epoch) as TensorBoard scalars under ``log_dir``.
+def log_member(
+    log_dir: Path,
+    history: pd.DataFrame,
+    embedding: np.ndarray | None = None,
+    labels: list[str] | None = None,
+    tag: str = "final_layer",
+) -> None:
+    """Write ``history`` (one row per epoch) as scalars and ``embedding`` for the projector.
 
-    The folder is replaced, so a member retrained after an interrupted run has one clean log.
+    Parameters
+    ----------
+    log_dir
+        The member's folder under ``RUN_DIR/tensorboard``; replaced, so a member retrained after
+        an interrupted run has one clean log.
+    history
+        One row per evaluated epoch (may be empty).
+    embedding
+        Probe-set representation ``(probe, d)`` of the final layer, or ``None``.
+    labels
+        One class name per probe instance (projector metadata).
     """
     from torch.utils.tensorboard import SummaryWriter
 
     if log_dir.exists():
         shutil.rmtree(log_dir)
     with SummaryWriter(log_dir=str(log_dir)) as writer:
+        if embedding is not None:
+            writer.add_embedding(torch.from_numpy(embedding), metadata=labels, tag=tag)
         for row in history.itertuples(index=False):
             step = int(row.step)
             writer.add_scalar("loss/train", float(row.train_loss), step)

@@ -24,6 +24,7 @@ from polyculture.zoo.base import (
     count_parameters,
     create_model,
     family,
+    final_layer,
     resolve_knobs,
     stable_hash,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "family",
+    "final_layer",
     "resolve_knobs",
     "stable_hash",
 ]

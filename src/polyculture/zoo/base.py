@@ -226,6 +226,18 @@ def create_model(
     return FAMILIES.get(spec.family).build(knobs, tuple(input_shape), num_classes, modality)
 
 
+def final_layer(layers: list[str]) -> str:
+    """The last representation before a member's output (``logits``/``proba`` when none).
+
+    Examples
+    --------
+    >>> final_layer(["block1", "hidden", "logits"]), final_layer(["logits"])
+    ('hidden', 'logits')
+    """
+    hidden = [name for name in layers if name not in ("logits", "proba")]
+    return hidden[-1] if hidden else layers[0]
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters of a torch model."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
