@@ -68,6 +68,11 @@ def test_run_show_and_registries(tmp_path: Path) -> None:
         "mlp(depth=1,width=32)",
         "logreg(max_iter=200)",
     }
+    assert (tmp_path / "runs" / "tiny" / "report.html").is_file()
+    (tmp_path / "runs" / "tiny" / "report.html").unlink()
+    rebuilt = cli("report", str(tmp_path / "runs" / "tiny"))
+    assert rebuilt.returncode == 0 and (tmp_path / "runs" / "tiny" / "report.html").is_file()
+    assert_clean_failure(cli("report", str(tmp_path)), "not a run directory")
     members = cli("show", str(tmp_path / "runs" / "tiny"), "--members")
     assert members.returncode == 0 and "mlp(depth=1,width=32)" in members.stdout
     families = json.loads(cli("models", "--format", "json").stdout)

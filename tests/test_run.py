@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -105,6 +106,10 @@ def test_run_directory_contract(tiny_run: Path) -> None:
     mlp = ok[ok["family"] == "mlp"].iloc[0]
     folder = tiny_run / "members" / mlp["member_id"]
     assert (folder / "DONE").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # not owner-only like mkdtemp
+    assert (tiny_run / "tables" / "members.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
     weights = load_file(str(folder / "weights.safetensors"))
     assert sum(t.numel() for t in weights.values()) == mlp["n_parameters"]
     representations = results.representations(mlp["member_id"])

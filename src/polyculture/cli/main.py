@@ -140,8 +140,26 @@ def run(
             on_start=on_start,
         )
     _print_summary(results, fmt)
+    _finish(results.root, fmt)
+
+
+def _finish(root: Path, fmt: str) -> None:
+    """Say where the run directory and its report are."""
     if fmt == "table":
-        console.print(f"run directory: [bold]{escape(str(results.root))}[/]")
+        console.print(f"run directory: [bold]{escape(str(root))}[/]")
+        console.print(f"report: [bold]{escape(str(root / 'report.html'))}[/]")
+
+
+@app.command(epilog="Example:\n\n  polyculture report runs/mnist1d")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (from `run` or `audit`).")],
+) -> None:
+    """Rebuild RUN_DIR/report.html (self-contained, opens offline) from the stored tables."""
+    from polyculture.report import build_report
+    from polyculture.run import load_run
+
+    load_run(run_dir)  # a clear error when this is not a run directory
+    console.print(f"report: [bold]{escape(str(build_report(run_dir)))}[/]")
 
 
 @app.command(epilog="Example:\n\n  polyculture show runs/mnist1d --format json")
@@ -330,12 +348,13 @@ def audit(
     instance, label, then one column of predictions per model.
     """
     from polyculture.run import load_run
-    from polyculture.run.analyze import analyze_run
-    from polyculture.run.audit import check_run_name, load_predictions, write_audit_run
+    from polyculture.run.audit import run_audit
 
     _check_format(fmt)
-    data = load_predictions(
+    store = run_audit(
         predictions,
+        out,
+        name,
         instance_col=instance_col,
         label_col=label_col,
         model_col=model_col,
@@ -344,16 +363,12 @@ def audit(
         group_cols=list(group or []),
         intersect=intersect,
     )
-    if data.dropped and fmt == "table":
-        errors.print(
-            f"--intersect: dropped {data.dropped} instance(s) not predicted by every model"
-        )
-    store = write_audit_run(data, out / check_run_name(name or predictions.stem))
-    analyze_run(store)
     results = load_run(store.root)
+    if results.task["cleaning"] and fmt == "table":
+        dropped = results.task["cleaning"][0]["removed"]
+        errors.print(f"--intersect: dropped {dropped} instance(s) not predicted by every model")
     _print_summary(results, fmt)
-    if fmt == "table":
-        console.print(f"run directory: [bold]{escape(str(results.root))}[/]")
+    _finish(results.root, fmt)
 
 
 @app.command()

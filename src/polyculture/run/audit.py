@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -301,6 +302,33 @@ def audit_member_id(model: str) -> str:
 
 def _resampled_macro_f1(labels: np.ndarray, proba: np.ndarray, rows: np.ndarray) -> float:
     return macro_f1(labels[rows], proba[rows])
+
+
+def run_audit(
+    path: str | Path, out: str | Path = "runs", name: str | None = None, **options: Any
+) -> RunStore:
+    """Load a predictions file, write its run directory, measure it and build its report.
+
+    The Python API of ``polyculture audit``; ``options`` go to :func:`load_predictions`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "p.csv").write_text("instance,label,a,b\\n1,x,x,y\\n2,y,y,y\\n3,x,x,x\\n")
+    >>> store = run_audit(folder / "p.csv", folder / "runs")
+    >>> sorted(p.name for p in store.root.iterdir())[:3]
+    ['report.html', 'report_tables', 'study.toml']
+    """
+    from polyculture.report import build_report  # the report stage reads run directories
+    from polyculture.run.analyze import analyze_run
+
+    path = Path(path)
+    data = load_predictions(path, **options)
+    store = write_audit_run(data, Path(out) / check_run_name(name or path.stem))
+    analyze_run(store)
+    build_report(store.root)
+    return store
 
 
 def write_audit_run(data: AuditData, root: Path, *, seed: int = 0) -> RunStore:

@@ -81,6 +81,8 @@ def run_study(
     on_start
         Called once with (members to train, members already done).
 
+    The run directory ends with ``report.html`` (see :func:`polyculture.report.build_report`).
+
     Returns
     -------
     RunResults
@@ -123,6 +125,7 @@ def run_study(
 
     assemble_tables(store, task, plans)
     analyze_run(store, seed=study.evaluate.bootstrap_seed)
+    _write_report(store)
     write_text(
         store.root / "timing.json",
         _json(
@@ -172,6 +175,13 @@ def check_device(name: str) -> str:
     elif device.type != "cpu":
         raise ConfigError(f"device '{name}' is not supported", hint="use auto, cpu or cuda[:index]")
     return name
+
+
+def _write_report(store: RunStore) -> None:
+    # Imported here: the report stage reads run directories through this package.
+    from polyculture.report import build_report
+
+    build_report(store.root)
 
 
 def _json(value: Any) -> str:

@@ -43,6 +43,15 @@ from polyculture.errors import RunStoreError
 DONE = "DONE"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
@@ -62,6 +71,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        # mkstemp makes owner-only files; give the result the permissions of a normal new file.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -164,6 +175,7 @@ class RunStore:
                 (staging / "error.txt").write_text(error_detail)
             (staging / "member.json").write_text(json.dumps(record, indent=2, default=float))
             (staging / DONE).write_text("")
+            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes an owner-only folder
             final = self.member_dir(member_id)
             if final.exists():
                 if (final / DONE).exists():  # another process finished it first

@@ -1,0 +1,1010 @@
+"""The HTML report of a run directory: one self-contained file built from the stored tables only.
+
+:func:`build_report` reads ``study.toml``, ``task.json``, ``timing.json`` (if present) and
+``tables/*.parquet`` through :func:`polyculture.run.results.load_run` (plus, for reliability
+diagrams, the stored class probabilities of one member per model), and writes
+
+* ``RUN_DIR/report.html``: inline CSS, inline SVG figures, no scripts and no external URL, so it
+  opens offline in any browser;
+* ``RUN_DIR/report_tables/*.csv``: the long tables of the report, as plain numbers.
+
+Sections appear only when their data exists: a trained zoo gets training curves, reliability
+diagrams and similarity heatmaps; an audit run (predictions only) gets performance, agreement,
+failure counts, systemic failure and diversity. The output is deterministic: building twice, or
+from a copy of the run directory elsewhere, gives the same bytes (only the run's folder name is
+embedded, never an absolute path).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import leaves_list, linkage
+from scipy.spatial.distance import squareform
+
+from polyculture.report import figures
+from polyculture.run.results import RunResults, load_run
+from polyculture.run.store import write_text
+from polyculture.zoo.base import final_layer
+
+REPORT_NAME = "report.html"
+TABLES_DIR = "report_tables"
+SPLIT = "test"
+"""The split the headline figures use (shifted test sets are in the robustness section)."""
+RELIABILITY_BINS = 10
+
+# ---------------------------------------------------------------------------------------------
+# Formatting: every cell reaches the template as a string (Jinja escapes it there).
+
+DASH = "—"
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def num(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, or a dash when missing.
+
+    Examples
+    --------
+    >>> num(0.12345), num(float("nan"))
+    ('0.123', '—')
+    """
+    return f"{float(value):.{digits}f}" if _finite(value) else DASH
+
+
+def pct(value: Any, digits: int = 1) -> str:
+    """A fraction as a percentage.
+
+    Examples
+    --------
+    >>> pct(0.9123)
+    '91.2%'
+    """
+    return f"{100 * float(value):.{digits}f}%" if _finite(value) else DASH
+
+
+def sig(value: Any) -> str:
+    """Three significant digits, scientific notation for very small or large values.
+
+    Examples
+    --------
+    >>> sig(0.000012), sig(5.929), sig(138756.6)
+    ('1.20e-05', '5.93', '1.39e+05')
+    """
+    if not _finite(value):
+        return DASH
+    x = float(value)
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
+        return f"{x:.2e}"
+    return f"{x:.3g}"
+
+
+def share(value: Any) -> str:
+    """A (possibly tiny) fraction as a percentage with two significant digits.
+
+    Examples
+    --------
+    >>> share(0.0123), share(3.2e-9)
+    ('1.23%', '3.2e-07%')
+    """
+    if not _finite(value):
+        return DASH
+    x = 100 * float(value)
+    return f"{x:.2f}%" if x == 0 or abs(x) >= 0.01 else f"{x:.1e}%"
+
+
+def interval(low: Any, high: Any, fmt: Callable[[Any], str] = pct) -> str:
+    """``[low, high]`` or a dash when either bound is missing."""
+    return f"[{fmt(low)}, {fmt(high)}]" if _finite(low) and _finite(high) else DASH
+
+
+# ---------------------------------------------------------------------------------------------
+# The page model handed to the template.
+
+
+@dataclass
+class Table:
+    """One HTML table: string cells, numeric columns right-aligned, optional CSV beside it."""
+
+    caption: str
+    columns: list[str]
+    rows: list[list[str]]
+    numeric: list[bool] = field(default_factory=list)
+    csv: str = ""
+
+
+@dataclass
+class FigureView:
+    """An inline SVG figure with its accessible label and caption."""
+
+    svg: str
+    label: str
+    caption: str
+
+
+@dataclass
+class Section:
+    """One section of the report (``id`` is the anchor used in the table of contents)."""
+
+    id: str
+    title: str
+    intro: list[str] = field(default_factory=list)
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    figures: list[FigureView] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+
+
+def _table(caption: str, frame: pd.DataFrame, numeric: Iterable[str] = (), csv: str = "") -> Table:
+    numeric = set(numeric)
+    return Table(
+        caption=caption,
+        columns=[str(c) for c in frame.columns],
+        rows=[[str(v) for v in row] for row in frame.itertuples(index=False)],
+        numeric=[c in numeric for c in frame.columns],
+        csv=csv,
+    )
+
+
+class _Csv:
+    """Collects the CSV files of one build (written atomically, stale ones removed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.folder = root / TABLES_DIR
+        self.written: dict[str, str] = {}
+
+    def add(self, name: str, frame: pd.DataFrame) -> str:
+        self.written[f"{name}.csv"] = frame.to_csv(index=False, lineterminator="\n")
+        return f"{TABLES_DIR}/{name}.csv"
+
+    def flush(self) -> None:
+        for name, text in self.written.items():
+            write_text(self.folder / name, text)
+        if self.folder.is_dir():
+            for path in self.folder.glob("*.csv"):
+                if path.name not in self.written:  # from an earlier build with other sections
+                    path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading helpers.
+
+
+def _optional_table(results: RunResults, name: str) -> pd.DataFrame | None:
+    """A table of ``tables/`` or ``None`` when it is missing or empty (audit runs, < 2 members)."""
+    path = results.store.tables_dir / f"{name}.parquet"
+    if not path.is_file():
+        return None
+    frame = pd.read_parquet(path)
+    return None if frame.empty else frame
+
+
+def _member_labels(members: pd.DataFrame) -> dict[str, str]:
+    """Display label per member id: the model name and seed (audited models: the name)."""
+    labels: dict[str, str] = {}
+    for row in members.itertuples(index=False):
+        seed = int(row.seed) if _finite(row.seed) else -1
+        labels[str(row.member_id)] = f"{row.name} s{seed}" if seed >= 0 else str(row.name)
+    counts = pd.Series(list(labels.values())).value_counts()
+    for member_id, label in labels.items():  # two members with one label: add the id
+        if counts[label] > 1:
+            labels[member_id] = f"{label} [{member_id[:6]}]"
+    return labels
+
+
+def _cluster_order(similarity: np.ndarray) -> np.ndarray:
+    """Leaf order of average-linkage clustering on ``1 - similarity`` (NaN = unrelated)."""
+    n = len(similarity)
+    if n < 3:
+        return np.arange(n)
+    distance = 1.0 - np.nan_to_num(similarity, nan=0.0)
+    distance = np.clip((distance + distance.T) / 2, 0.0, None)
+    np.fill_diagonal(distance, 0.0)
+    tree = linkage(squareform(distance, checks=False), method="average", optimal_ordering=True)
+    return np.asarray(leaves_list(tree))
+
+
+def _symmetric(
+    rows: pd.DataFrame, ids: list[str], diagonal: float = 1.0
+) -> np.ndarray:  # rows: member_a, member_b, value
+    index = {member_id: i for i, member_id in enumerate(ids)}
+    matrix = np.full((len(ids), len(ids)), np.nan)
+    for a, b, value in rows[["member_a", "member_b", "value"]].itertuples(index=False):
+        if a in index and b in index:
+            matrix[index[a], index[b]] = matrix[index[b], index[a]] = value
+    np.fill_diagonal(matrix, np.where(np.isnan(np.diag(matrix)), diagonal, np.diag(matrix)))
+    return matrix
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections.
+
+
+def _overview(results: RunResults, timing: dict[str, Any]) -> Section:
+    study, task, members = results.study, results.task, results.members
+    audit = study.get("kind") == "audit"
+    section = Section("overview", "Overview")
+    facts = section.facts
+    facts.append(("run", results.root.name))
+    facts.append(("kind", "audit of given predictions" if audit else "trained zoo"))
+    if study.get("description"):
+        facts.append(("description", str(study["description"])))
+    if audit and study.get("source"):
+        facts.append(("predictions file", Path(str(study["source"])).name))  # no absolute path
+    facts.append(("task", f"{task.get('name', '?')} ({task.get('modality', '?')})"))
+    classes = [str(c) for c in task.get("classes", [])]
+    shown = ", ".join(classes[:30]) + (f", … ({len(classes)} in all)" if len(classes) > 30 else "")
+    facts.append(("classes", f"{len(classes)}: {shown}"))
+    if task.get("group_attributes"):
+        facts.append(("group attributes", ", ".join(map(str, task["group_attributes"]))))
+    if study.get("seeds"):
+        facts.append(("seeds", ", ".join(map(str, study["seeds"]))))
+    ok = int((members["status"] == "ok").sum())
+    facts.append(("members", f"{len(members)} ({ok} ok, {len(members) - ok} failed)"))
+    if timing:
+        wall = timing.get("wall_seconds")
+        detail = ", ".join(
+            f"{timing[k]} {k}" for k in ("workers", "trained", "reused") if k in timing
+        )
+        facts.append(("wall time", f"{num(wall, 1)} s" + (f" ({detail})" if detail else "")))
+    versions = study.get("versions", {})
+    if versions:
+        facts.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
+
+    sizes = task.get("sizes", {})
+    if sizes:
+        frame = pd.DataFrame({"split": list(sizes), "instances": [str(v) for v in sizes.values()]})
+        section.tables.append(_table("Split sizes", frame, ["instances"]))
+    cleaning = task.get("cleaning", [])
+    if cleaning:
+        frame = pd.DataFrame(cleaning).astype(str)
+        section.tables.append(_table("Cleaning log (task.json)", frame, ["removed"]))
+    models = []
+    for name, group in members.groupby("name", sort=False):
+        models.append(
+            {
+                "model": str(name),
+                "family": str(group["family"].iloc[0]),
+                "kind": str(group["kind"].iloc[0]),
+                "seeds": ", ".join(str(int(s)) for s in group["seed"] if int(s) >= 0) or DASH,
+                "members ok": f"{int((group['status'] == 'ok').sum())} of {len(group)}",
+                "parameters": _count(group["n_parameters"].median()),
+            }
+        )
+    section.tables.append(_table("Models", pd.DataFrame(models), ["members ok", "parameters"]))
+    return section
+
+
+def _count(value: Any) -> str:
+    return f"{int(value):,}" if _finite(value) else DASH
+
+
+def _performance(results: RunResults, labels: dict[str, str], csv: _Csv) -> Section | None:
+    members = results.members
+    ok = members[members["status"] == "ok"]
+    if ok.empty or f"{SPLIT}_accuracy" not in ok:
+        return None
+    summary = results.summary(SPLIT)
+    summary = summary[summary["members"] > summary["failed"]]
+    section = Section("performance", "Performance on the test set")
+    best = summary.loc[summary["accuracy_mean"].idxmax()]
+    section.intro.append(
+        f"{best['name']} is the most accurate model: {pct(best['accuracy_mean'])} test accuracy"
+        + (f" (mean over {int(best['members'] - best['failed'])} seeds)." if best["members"] > 1
+           else ".")
+    )  # fmt: skip
+    several = bool((summary["members"] - summary["failed"] > 1).any())
+    section.intro.append(
+        "Accuracy intervals are 95% bootstrap intervals over test instances"
+        + (
+            "; with several seeds the per-model table gives the mean ± standard deviation over "
+            "seeds and the span of the members' intervals."
+            if several
+            else "."
+        )
+        + (
+            " ECE uses 15 confidence bins (top label); NLL is in nats."
+            if ok.get(f"{SPLIT}_nll", pd.Series(dtype=float)).notna().any()
+            else ""
+        )
+    )
+
+    def column(frame: pd.DataFrame, name: str) -> pd.Series:
+        return frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
+
+    rows = []
+    for row in summary.itertuples(index=False):
+        group = ok[ok["name"] == row.name]
+        n = len(group)
+        accuracy = pct(row.accuracy_mean) + (
+            f" ± {100 * row.accuracy_std:.1f}" if n > 1 and _finite(row.accuracy_std) else ""
+        )
+        low = column(group, f"{SPLIT}_accuracy_ci_low").min()
+        high = column(group, f"{SPLIT}_accuracy_ci_high").max()
+        entry = {
+            "model": str(row.name),
+            "family": str(row.family),
+            "members": f"{n}" + (f" (+{int(row.failed)} failed)" if row.failed else ""),
+            "accuracy": accuracy,
+            "95% CI": interval(low, high),
+            "macro-F1": num(row.macro_f1_mean),
+            "NLL": num(row.nll_mean),
+            "ECE": num(row.ece_mean),
+            "parameters": _count(row.n_parameters),
+        }
+        if summary["published"].notna().any():
+            entry["published vs measured"] = (
+                f"{pct(row.published)} vs {pct(row.accuracy_mean)} "
+                f"({100 * (row.accuracy_mean - row.published):+.1f} pts)"
+                if _finite(row.published)
+                else DASH
+            )
+        rows.append(entry)
+    frame = _drop_empty(pd.DataFrame(rows))
+    path = csv.add("models", summary)
+    numeric = [c for c in frame.columns if c not in ("model", "family")]
+    if several:  # with one member per model the per-member table says it all
+        section.tables.append(_table("Per model (mean over seeds)", frame, numeric, path))
+
+    member_rows = []
+    for row in ok.itertuples(index=False):
+        record = row._asdict()
+        member_rows.append(
+            {
+                "member": labels[str(row.member_id)],
+                "id": str(row.member_id),
+                "accuracy": pct(record.get(f"{SPLIT}_accuracy")),
+                "95% CI": interval(
+                    record.get(f"{SPLIT}_accuracy_ci_low"), record.get(f"{SPLIT}_accuracy_ci_high")
+                ),
+                "macro-F1": num(record.get(f"{SPLIT}_macro_f1")),
+                "macro-F1 CI": interval(
+                    record.get(f"{SPLIT}_macro_f1_ci_low"),
+                    record.get(f"{SPLIT}_macro_f1_ci_high"),
+                    num,
+                ),
+                "NLL": num(record.get(f"{SPLIT}_nll")),
+                "Brier": num(record.get(f"{SPLIT}_brier")),
+                "ECE": num(record.get(f"{SPLIT}_ece")),
+                "train s": num(record.get("train_seconds"), 2),
+            }
+        )
+    frame = _drop_empty(pd.DataFrame(member_rows))
+    path = csv.add("members", members)
+    numeric = [c for c in frame.columns if c not in ("member", "id")]
+    section.tables.append(_table("Per member", frame, numeric, path))
+
+    names = summary["name"].astype(str).tolist()
+    groups = [ok[ok["name"] == name] for name in names]
+    svg = figures.accuracy_dots(
+        names,
+        [g[f"{SPLIT}_accuracy"].tolist() for g in groups],
+        [column(g, f"{SPLIT}_accuracy_ci_low").tolist() for g in groups],
+        [column(g, f"{SPLIT}_accuracy_ci_high").tolist() for g in groups],
+        f"{figures.short(str(best['name']), 40)} is most accurate ({pct(best['accuracy_mean'])})",
+    )
+    section.figures.append(
+        FigureView(
+            svg,
+            f"Dot plot of test accuracy with 95% intervals for every member of {len(names)} models",
+            "Test accuracy of every member (one dot per seed) with its 95% bootstrap interval.",
+        )
+    )
+    return section
+
+
+def _drop_empty(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop columns with no value in any row (e.g. NLL for audited hard predictions)."""
+    empty = [c for c in frame.columns if (frame[c] == DASH).all()]
+    return frame.drop(columns=empty)
+
+
+def _training(results: RunResults) -> Section | None:
+    history = _optional_table(results, "history")
+    if history is None or "val_accuracy" not in history:
+        return None
+    names = results.members.set_index("member_id")["name"].astype(str)
+    history = history.assign(model=history["member_id"].map(names))
+    for column in ("val_loss", "train_loss"):
+        if column not in history:
+            history[column] = np.nan
+    order = list(dict.fromkeys(results.members["name"].astype(str)))
+    curves = {}
+    for name in order:
+        group = history[history["model"] == name]
+        if group.empty:
+            continue
+        mean = group.groupby("epoch")[["val_accuracy", "val_loss", "train_loss"]].mean()
+        curves[name] = (
+            mean.index.to_numpy(),
+            mean["val_accuracy"].to_numpy(float),
+            mean["val_loss"].to_numpy(float),
+            mean["train_loss"].to_numpy(float),
+        )
+    if not curves:
+        return None
+    final = {name: curve[1][-1] for name, curve in curves.items()}
+    best = max(final, key=lambda name: final[name])
+    title = f"{figures.short(best, 40)} ends with the best validation accuracy ({pct(final[best])})"
+    section = Section("training", "Training curves")
+    section.intro.append(
+        "Validation accuracy and loss per evaluated epoch, averaged over seeds (classical "
+        "members, fitted in one step, have no curve)."
+    )
+    section.figures.append(
+        FigureView(
+            figures.training_curves(curves, title),
+            f"Line charts of validation accuracy and loss against epoch for {len(curves)} models; "
+            + title,
+            title + ". Left: validation accuracy; right: validation loss (bold) and training "
+            "loss (faint).",
+        )
+    )
+    return section
+
+
+def _calibration(results: RunResults, csv: _Csv) -> Section | None:
+    members = results.members
+    ok = members[members["status"] == "ok"]
+    store = results.store
+    predictions: pd.DataFrame | None = None
+    bins: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    rows = []
+    for name, group in ok.groupby("name", sort=False):
+        for member_id in group["member_id"]:  # the first member with stored probabilities
+            proba = store.probabilities(str(member_id)).get(SPLIT)
+            if proba is None:
+                continue
+            if predictions is None:
+                predictions = results.predictions()
+                predictions = predictions[predictions["split"] == SPLIT]
+            labels = predictions.loc[predictions["member_id"] == member_id, "label"].to_numpy()
+            if len(labels) != len(proba):
+                continue
+            confidence = proba.max(axis=1)
+            correct = proba.argmax(axis=1) == labels
+            edges = np.linspace(0.0, 1.0, RELIABILITY_BINS + 1)
+            which = np.clip(np.digitize(confidence, edges[1:-1]), 0, RELIABILITY_BINS - 1)
+            count = np.bincount(which, minlength=RELIABILITY_BINS)
+            filled = count > 0
+            mean_conf = np.bincount(which, confidence, RELIABILITY_BINS)[filled] / count[filled]
+            mean_acc = np.bincount(which, correct, RELIABILITY_BINS)[filled] / count[filled]
+            ece = float(np.sum(count[filled] * np.abs(mean_acc - mean_conf)) / len(labels))
+            bins[str(name)] = (mean_conf, mean_acc, count[filled])
+            rows.append(
+                {
+                    "model": str(name),
+                    "member": str(member_id),
+                    "mean confidence": float(confidence.mean()),
+                    "accuracy": float(correct.mean()),
+                    "ece_10_bins": ece,
+                }
+            )
+            break
+    if not bins:
+        return None
+    frame = pd.DataFrame(rows)
+    best = frame.loc[frame["ece_10_bins"].idxmin()]
+    worst = frame.loc[frame["ece_10_bins"].idxmax()]
+    name = figures.short(str(best["model"]), 36)
+    title = f"{name} is best calibrated (ECE {best['ece_10_bins']:.3f})"
+    section = Section("calibration", "Calibration")
+    section.intro.append(
+        f"Reliability diagram of one member per model on the test set ({RELIABILITY_BINS} "
+        "equal-width confidence bins): points on the diagonal are calibrated, points below it "
+        f"are over-confident. Least calibrated: {worst['model']} (ECE "
+        f"{worst['ece_10_bins']:.3f})."
+    )
+    section.figures.append(
+        FigureView(
+            figures.reliability(bins, title),
+            f"Reliability diagram of {len(bins)} models; {title}",
+            title + ". Accuracy against mean confidence per bin; the dashed line is perfect "
+            "calibration.",
+        )
+    )
+    shown = pd.DataFrame(
+        {
+            "model": frame["model"],
+            "member": frame["member"],
+            "mean confidence": frame["mean confidence"].map(pct),
+            "accuracy": frame["accuracy"].map(pct),
+            f"ECE ({RELIABILITY_BINS} bins)": frame["ece_10_bins"].map(num),
+        }
+    )
+    path = csv.add("calibration", frame)
+    section.tables.append(
+        _table("Calibration of the plotted members", shown, list(shown.columns[2:]), path)
+    )
+    return section
+
+
+def _robustness(results: RunResults, csv: _Csv) -> Section | None:
+    summary = results.summary(SPLIT)
+    shifts = sorted(
+        c.removesuffix("_accuracy_mean")
+        for c in summary.columns
+        if c.startswith(f"{SPLIT}_") and c.endswith("_accuracy_mean")
+    )
+    summary = summary[summary["accuracy_mean"].notna()]
+    if not shifts or summary.empty:
+        return None
+    splits = [SPLIT, *shifts]
+    accuracy = {
+        str(row["name"]): [row["accuracy_mean"], *(row[f"{s}_accuracy_mean"] for s in shifts)]
+        for _, row in summary.iterrows()
+    }
+    drops = {s: float(np.nanmean(summary[f"{s}_accuracy_mean"] - summary["accuracy_mean"]))
+             for s in shifts}  # fmt: skip
+    worst = min(drops, key=lambda s: drops[s])
+    title = f"accuracy falls most on {worst} ({100 * drops[worst]:+.1f} points on average)"
+    section = Section("robustness", "Robustness to shifted test sets")
+    section.intro.append(
+        "Test accuracy on the clean test set and on each shifted copy of it, mean over seeds; "
+        "the table gives the change from the clean test set in percentage points."
+    )
+    section.figures.append(
+        FigureView(
+            figures.robustness(splits, accuracy, title),
+            f"Line chart of accuracy on {len(splits)} evaluation sets for {len(accuracy)} models; "
+            + title,
+            title + ".",
+        )
+    )
+    rows, raw = [], []
+    for name, values in accuracy.items():
+        entry = {"model": name, SPLIT: pct(values[0])}
+        for shift, value in zip(shifts, values[1:], strict=True):
+            entry[shift] = f"{pct(value)} ({100 * (value - values[0]):+.1f})"
+        rows.append(entry)
+        raw.append({"model": name, **dict(zip(splits, values, strict=True))})
+    path = csv.add("robustness", pd.DataFrame(raw))
+    section.tables.append(
+        _table("Accuracy per evaluation set (change in points)", pd.DataFrame(rows), splits, path)
+    )
+    return section
+
+
+def _similarity(
+    results: RunResults, labels: dict[str, str], csv: _Csv
+) -> tuple[Section | None, list[str]]:
+    """The CKA section, and the clustered member order (reused by the agreement heatmap)."""
+    table = _optional_table(results, "similarity")
+    members = results.members
+    if table is None or "layers" not in members:
+        return None, []
+    table = table[table["measure"] == "linear_cka"]
+    layers = {
+        str(row.member_id): [x for x in str(row.layers).split(",") if x]
+        for row in members.itertuples(index=False)
+    }
+    final = {m: final_layer(v) for m, v in layers.items() if v}
+    is_final = [
+        final.get(a) == la and final.get(b) == lb
+        for a, la, b, lb in table[["member_a", "layer_a", "member_b", "layer_b"]].itertuples(
+            index=False
+        )
+    ]
+    final_rows = table[is_final]
+    present = set(final_rows["member_a"]) | set(final_rows["member_b"])
+    ids = [m for m in members["member_id"].astype(str) if m in present]
+    if len(ids) < 2:
+        return None, []
+    matrix = _symmetric(final_rows, ids)
+    order = _cluster_order(matrix)
+    ids = [ids[i] for i in order]
+    matrix = matrix[np.ix_(order, order)]
+    names = members.set_index("member_id")["name"].astype(str)
+
+    # The headline: the model whose seeds agree most, else the most similar pair of members.
+    within: dict[str, float] = {}
+    for name in dict.fromkeys(names[ids]):
+        idx = [i for i, m in enumerate(ids) if names[m] == name]
+        if len(idx) > 1:
+            block = matrix[np.ix_(idx, idx)]
+            within[name] = float(np.nanmean(block[~np.eye(len(idx), dtype=bool)]))
+    if within:
+        top = max(within, key=lambda n: within[n])
+        title = f"{figures.short(top, 36)} members agree most (CKA {within[top]:.2f})"
+    else:
+        upper = np.where(np.triu(np.ones_like(matrix, dtype=bool), 1), matrix, np.nan)
+        i, j = np.unravel_index(np.nanargmax(upper), upper.shape)
+        title = f"most similar: {labels[ids[i]]} and {labels[ids[j]]} (CKA {matrix[i, j]:.2f})"
+    section = Section("similarity", "Representational similarity (linear CKA)")
+    section.intro.append(
+        "Linear CKA between the final hidden layers of every pair of members on the probe set "
+        "(1 = the same representation up to rotation and scale). Members are ordered by "
+        "average-linkage clustering on 1 − CKA, so blocks of similar members sit together."
+    )
+    svg = figures.heatmap(
+        matrix,
+        [labels[m] for m in ids],
+        [labels[m] for m in ids],
+        title=title,
+        colorbar="linear CKA (final layer)",
+        key="cka",
+    )
+    section.figures.append(
+        FigureView(
+            svg,
+            f"Heatmap of linear CKA between the final layers of {len(ids)} members; {title}",
+            title + ". Member × member linear CKA of the final layers.",
+        )
+    )
+    frame = pd.DataFrame(matrix, columns=[labels[m] for m in ids])
+    frame.insert(0, "member", [labels[m] for m in ids])
+    csv.add("similarity_final_layer", frame)
+
+    # Layer x layer for the most and the least similar pair of models (their first seeds).
+    first = [m for m in members.drop_duplicates("name")["member_id"].astype(str) if m in ids]
+    position = {m: i for i, m in enumerate(ids)}
+    pairs = sorted(
+        (
+            (matrix[position[a], position[b]], a, b)
+            for i, a in enumerate(first)
+            for b in first[i + 1 :]
+            if np.isfinite(matrix[position[a], position[b]])
+        ),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )
+    lookup = {
+        (a, la, b, lb): v
+        for a, la, b, lb, v in table[
+            ["member_a", "layer_a", "member_b", "layer_b", "value"]
+        ].itertuples(index=False)
+    }
+    chosen = pairs[:1] + (pairs[-1:] if len(pairs) > 1 else [])
+    for rank, (value, a, b) in zip(("most", "least"), chosen, strict=False):
+        grid = np.array(
+            [
+                [lookup.get((a, la, b, lb), lookup.get((b, lb, a, la), np.nan)) for lb in layers[b]]
+                for la in layers[a]
+            ]
+        )
+        if grid.size < 2 or np.isnan(grid).all():
+            continue
+        caption = (
+            f"{rank} similar pair of models: {names[a]} vs {names[b]} (final-layer CKA {value:.2f})"
+        )
+        svg = figures.heatmap(
+            grid,
+            layers[a],
+            layers[b],
+            title=f"{rank} similar models: final-layer CKA {value:.2f}",
+            colorbar="linear CKA",
+            key=f"layers-{rank}",
+            ylabel=f"layer of {figures.short(labels[a], 36)}",
+            xlabel=f"layer of {figures.short(labels[b], 36)}",
+        )
+        section.figures.append(
+            FigureView(svg, f"Heatmap of layer by layer linear CKA; {caption}", caption + ".")
+        )
+    return section, ids
+
+
+def _agreement(
+    results: RunResults, labels: dict[str, str], order: list[str], csv: _Csv
+) -> Section | None:
+    table = _optional_table(results, "agreement")
+    if table is None:
+        return None
+    rows = table[(table["measure"] == "error_consistency") & (table["split"] == SPLIT)]
+    ok = results.members[results.members["status"] == "ok"]
+    ids = [m for m in ok["member_id"].astype(str) if m in set(rows["member_a"])]
+    if len(ids) < 2:
+        return None
+    if sorted(order) == sorted(ids):
+        ids = order  # the CKA order: the two heatmaps read side by side
+        matrix = _symmetric(rows, ids)
+    else:
+        matrix = _symmetric(rows, ids)
+        clustered = _cluster_order(matrix)
+        ids = [ids[i] for i in clustered]
+        matrix = matrix[np.ix_(clustered, clustered)]
+    headline = results.headline(SPLIT)
+    within = headline.get("error_consistency_within", np.nan)
+    across = headline.get("error_consistency_across", np.nan)
+    if _finite(within) and _finite(across):
+        more = "within" if within > across else "across"
+        title = f"errors agree more {more} families (κ {within:.2f} within vs {across:.2f} across)"
+    else:
+        upper = np.where(np.triu(np.ones_like(matrix, dtype=bool), 1), matrix, np.nan)
+        i, j = np.unravel_index(np.nanargmax(upper), upper.shape)
+        title = (
+            f"{figures.short(labels[ids[i]], 24)} and {figures.short(labels[ids[j]], 24)} "
+            f"fail most alike (κ {matrix[i, j]:.2f})"
+        )
+    section = Section("agreement", "Error consistency")
+    section.intro.append(
+        "Error consistency κ (Geirhos et al. 2020) between every pair of members on the test "
+        "set: 0 = their errors overlap as much as expected from their accuracies alone, 1 = they "
+        "fail on exactly the same instances, negative = fewer shared errors than chance."
+    )
+    finite = matrix[np.isfinite(matrix)]
+    svg = figures.heatmap(
+        matrix,
+        [labels[m] for m in ids],
+        [labels[m] for m in ids],
+        title=title,
+        colorbar="error consistency κ",
+        key="agreement",
+        vmin=min(0.0, float(finite.min()) if finite.size else 0.0),
+    )
+    section.figures.append(
+        FigureView(
+            svg,
+            f"Heatmap of pairwise error consistency of {len(ids)} members; {title}",
+            title + ".",
+        )
+    )
+    frame = pd.DataFrame(matrix, columns=[labels[m] for m in ids])
+    frame.insert(0, "member", [labels[m] for m in ids])
+    csv.add("error_consistency", frame)
+    return section
+
+
+def _failures(results: RunResults, csv: _Csv) -> Section | None:
+    table = _optional_table(results, "failure_counts")
+    if table is None:
+        return None
+    zoo = table[(table["scope"] == "zoo") & (table["split"] == SPLIT)].sort_values("k")
+    if zoo.empty:
+        return None
+    k = zoo["k"].to_numpy(int)
+    observed = zoo["observed"].to_numpy(float)
+    expected = zoo["expected"].to_numpy(float)
+    members = int(k.max())
+    title = (
+        f"{pct(observed[-1])} of instances fail all {members} members "
+        f"vs {share(expected[-1])} if errors were independent"
+    )
+    section = Section("failures", "How many members fail each instance")
+    section.intro.append(
+        "Share of test instances failed by exactly k members (bars) against the Poisson-binomial "
+        "distribution the members' error rates give if their errors were independent (dots). "
+        "Excess mass at both ends (everyone right, everyone wrong) is homogenization."
+    )
+    section.figures.append(
+        FigureView(
+            figures.failure_counts(k, observed, expected, members, title),
+            f"Bar chart of the number of members failing each test instance; {title}",
+            title + " (y axis linear below 0.1%, logarithmic above).",
+        )
+    )
+    shown = pd.DataFrame(
+        {
+            "members failing": k.astype(str),
+            "observed": [pct(v, 2) for v in observed],
+            "independent errors": [share(v) for v in expected],
+        }
+    )
+    path = csv.add("failure_counts", table)
+    section.tables.append(
+        _table("Failure-count distribution (whole zoo)", shown, list(shown.columns), path)
+    )
+    return section
+
+
+def _systemic(results: RunResults, csv: _Csv) -> Section | None:
+    table = _optional_table(results, "homogenization")
+    if table is None:
+        return None
+    test = table[table["split"] == SPLIT]
+    if test.empty:
+        return None
+    section = Section("systemic", "Systemic failure and homogenization")
+    headline = results.headline(SPLIT)
+    if headline:
+        observed_ci, ratio_ci = headline["systemic_observed_ci"], headline["systemic_ratio_ci"]
+        section.intro.append(
+            f"{pct(headline['systemic_observed'], 2)} of test instances are failed by all "
+            f"{headline['members']} members "
+            f"(95% CI {interval(observed_ci[0], observed_ci[1], lambda v: pct(v, 2))}); "
+            f"independent errors would give {share(headline['systemic_expected'])}, a ratio of "
+            f"{sig(headline['systemic_ratio'])} "
+            f"(95% CI {interval(ratio_ci[0], ratio_ci[1], sig)})."
+        )
+    section.intro.append(
+        "Ratio and H = 1 mean failures look independent; above 1 they pile up on the same "
+        "instances (Toups et al. 2023; Bommasani et al. 2022). Scopes: the whole zoo, each "
+        "family and each model over its seeds."
+    )
+    rows = []
+    for row in test.to_dict("records"):
+        entry = {
+            "scope": str(row["scope"]),
+            "members": str(row["members"]),
+            "mean error": pct(row["mean_error_rate"]),
+            "systemic observed [95% CI]": f"{pct(row['systemic_observed'], 2)} "
+            + interval(
+                row["systemic_observed_ci_low"],
+                row["systemic_observed_ci_high"],
+                lambda v: pct(v, 2),
+            ),
+            "expected": sig(row["systemic_expected"]),
+            "ratio [95% CI]": f"{sig(row['systemic_ratio'])} "
+            + interval(row["systemic_ratio_ci_low"], row["systemic_ratio_ci_high"], sig),
+            "H_avg": sig(row["h_avg"]),
+            "H_unif": sig(row["h_unif"]),
+            "H_worst": sig(row["h_worst"]),
+        }
+        for key in ("group_h_avg", "group_h_unif", "group_h_worst"):
+            if key in row:
+                entry[key.replace("group_h_", "group H_")] = sig(row[key])
+        entry["notes"] = str(row.get("note") or "")
+        rows.append(entry)
+    frame = pd.DataFrame(rows)
+    if (frame["notes"] == "").all():
+        frame = frame.drop(columns="notes")
+    path = csv.add("systemic", table)
+    numeric = [c for c in frame.columns if c not in ("scope", "notes")]
+    section.tables.append(_table("Systemic failure per scope (test set)", frame, numeric, path))
+    return section
+
+
+def _diversity(results: RunResults, csv: _Csv) -> Section | None:
+    table = _optional_table(results, "diversity")
+    if table is None:
+        return None
+    test = table[table["split"] == SPLIT]
+    if test.empty:
+        return None
+    scopes = list(dict.fromkeys(test["scope"]))
+    measures = list(dict.fromkeys(test["measure"]))
+    wide = test.pivot(index="scope", columns="measure", values="value").loc[scopes, measures]
+    shown = wide.map(num).reset_index()
+    path = csv.add("diversity", table)
+    section = Section("diversity", "Ensemble diversity")
+    section.intro.append(
+        "Kuncheva & Whitaker (2003) measures on the test set. Higher disagreement, entropy, "
+        "Kohavi–Wolpert variance, GD and CFD mean more diverse members; higher Q, correlation, "
+        "double fault and interrater κ mean less diverse ones."
+    )
+    section.tables.append(
+        _table("Diversity per scope (test set)", shown, list(shown.columns[1:]), path)
+    )
+    return section
+
+
+def _failed(results: RunResults, labels: dict[str, str], csv: _Csv) -> Section | None:
+    members = results.members
+    failed = members[members["status"] != "ok"]
+    if failed.empty:
+        return None
+    frame = pd.DataFrame(
+        {
+            "member": [labels[str(m)] for m in failed["member_id"]],
+            "id": failed["member_id"].astype(str),
+            "status": failed["status"].astype(str),
+            "reason": failed["reason"].fillna("").astype(str),
+        }
+    )
+    path = csv.add("failed", frame)
+    section = Section("failed", "Failed members")
+    section.intro.append(
+        f"{len(failed)} member(s) failed and are left out of every measure above "
+        "(tracebacks in members/<id>/error.txt)."
+    )
+    section.tables.append(_table("Failed members", frame, [], path))
+    return section
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+
+
+def _environment() -> jinja2.Environment:
+    templates = resources.files("polyculture.report").joinpath("templates")
+
+    def load(name: str) -> str:
+        return templates.joinpath(name).read_text(encoding="utf-8")
+
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+_URL = re.compile(r"(?i)\b(https?):(?=//)")
+
+
+def render(sections: Sequence[Section], title: str, subtitle: str) -> str:
+    """Render the sections into the report page (all text escaped, figures inlined).
+
+    Any ``http://``/``https://`` left in user text is written with an entity for the colon
+    (``http&#58;//``): it reads the same but no byte sequence of the page is a URL.
+
+    Examples
+    --------
+    >>> page = render([Section("overview", "Overview", intro=["<b>hi</b>"])], "t", "s")
+    >>> "&lt;b&gt;hi&lt;/b&gt;" in page and "<b>hi" not in page
+    True
+    """
+    page = (
+        _environment()
+        .get_template("report.html")
+        .render(sections=sections, title=title, subtitle=subtitle)
+    )
+    return _URL.sub(r"\1&#58;", page)
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write ``RUN_DIR/report.html`` (and ``RUN_DIR/report_tables/*.csv``) from the stored files.
+
+    Parameters
+    ----------
+    run_dir
+        A run directory written by ``polyculture run`` or ``polyculture audit``.
+
+    Returns
+    -------
+    Path
+        The report file.
+
+    Raises
+    ------
+    RunStoreError
+        When ``run_dir`` is not a (complete) run directory.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from polyculture.run.audit import load_predictions, write_audit_run
+    >>> from polyculture.run.analyze import analyze_run
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "p.csv").write_text("instance,label,a,b\\n1,x,x,y\\n2,y,y,y\\n3,x,x,x\\n")
+    >>> store = write_audit_run(load_predictions(folder / "p.csv"), folder / "demo")
+    >>> analyze_run(store, n_resamples=50)
+    >>> build_report(folder / "demo").name
+    'report.html'
+    """
+    results = load_run(run_dir)
+    root = results.root
+    timing_path = root / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    csv = _Csv(root)
+    labels = _member_labels(results.members)
+    similarity, order = _similarity(results, labels, csv)
+    candidates = [
+        _overview(results, timing),
+        _performance(results, labels, csv),
+        _training(results),
+        _calibration(results, csv),
+        _robustness(results, csv),
+        similarity,
+        _agreement(results, labels, order, csv),
+        _failures(results, csv),
+        _systemic(results, csv),
+        _diversity(results, csv),
+        _failed(results, labels, csv),
+    ]
+    sections = [s for s in candidates if s is not None]
+    audit = results.study.get("kind") == "audit"
+    name = str(results.study.get("name") or root.name)
+    subtitle = (
+        f"{'Audit' if audit else 'Study'} report · task {results.task.get('name', '?')} · "
+        f"{len(results.members)} members"
+    )
+    page = render(sections, f"polyculture report: {name}", subtitle)
+    csv.flush()
+    target = root / REPORT_NAME
+    write_text(target, page)
+    return target
