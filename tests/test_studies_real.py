@@ -38,6 +38,13 @@ def test_default_study_reaches_published_accuracies(tmp_path: Path) -> None:
     for published in ("0.32", "0.68", "0.94", "0.91"):
         assert published in result.stdout
     assert "±" in result.stdout and "MNIST-1D README" in result.stdout
+    # the default study's report: every section, nothing fetched from the network
+    from test_report import ZOO_SECTIONS, walk
+
+    report = tmp_path / "mnist1d" / "report.html"
+    assert set(walk(report).sections) == ZOO_SECTIONS
+    text = report.read_text()
+    assert "http://" not in text and "https://" not in text
 
 
 @pytest.mark.slow
