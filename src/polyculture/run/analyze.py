@@ -202,14 +202,13 @@ def _similarity(store: RunStore, members: pd.DataFrame) -> pd.DataFrame:
         member_id: store.representations(member_id) for member_id in members["member_id"]
     }
     representations = {k: v for k, v in representations.items() if v}
+    final = {member_id: final_layer(list(layers)) for member_id, layers in representations.items()}
     rows: list[dict[str, Any]] = []
     ids = list(representations)
     for i, a in enumerate(ids):  # final representation, every pair of members
-        layer_a = final_layer(list(representations[a]))
         for b in ids[i:]:
-            layer_b = final_layer(list(representations[b]))
             for debiased in (False, True):
-                rows.append(_cka_row(a, layer_a, b, layer_b, representations, debiased))
+                rows.append(_cka_row(a, final[a], b, final[b], representations, debiased))
     # One member (the first seed) per model: every layer against every layer.
     first = members[members["member_id"].isin(ids)].drop_duplicates("name")["member_id"].tolist()
     for i, a in enumerate(first):
@@ -218,10 +217,8 @@ def _similarity(store: RunStore, members: pd.DataFrame) -> pd.DataFrame:
             for index_a, layer_a in enumerate(layers_a):
                 # within one member, CKA is symmetric: each unordered pair of layers once
                 for layer_b in layers_b[index_a + 1 :] if a == b else layers_b:
-                    if layer_a == final_layer(list(representations[a])) and layer_b == final_layer(
-                        list(representations[b])
-                    ):
-                        continue  # the diagonal is 1; final x final is already above
+                    if (layer_a, layer_b) == (final[a], final[b]):
+                        continue  # final x final is already above
                     rows.append(_cka_row(a, layer_a, b, layer_b, representations, False))
     return pd.DataFrame(rows, columns=SIMILARITY_COLUMNS)
 

@@ -20,22 +20,24 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import tomli_w
-import torch
 
-import polyculture
 from polyculture.errors import ConfigError, DataError
-from polyculture.measure.performance import accuracy, macro_f1
-from polyculture.measure.statistics import bootstrap_ci, bootstrap_mean_ci
-from polyculture.run.store import RunStore, write_optional_table, write_table, write_text
+from polyculture.measure.performance import classification_metrics
+from polyculture.run.store import (
+    RunStore,
+    package_versions,
+    prediction_frame,
+    write_optional_table,
+    write_table,
+    write_text,
+)
 from polyculture.zoo.base import stable_hash
 
 
@@ -300,10 +302,6 @@ def audit_member_id(model: str) -> str:
     return stable_hash({"audit_model": model})
 
 
-def _resampled_macro_f1(labels: np.ndarray, proba: np.ndarray, rows: np.ndarray) -> float:
-    return macro_f1(labels[rows], proba[rows])
-
-
 def run_audit(
     path: str | Path, out: str | Path = "runs", name: str | None = None, **options: Any
 ) -> RunStore:
@@ -331,6 +329,10 @@ def run_audit(
     return store
 
 
+LABEL_METRICS = ("accuracy", "macro_f1")
+"""Metrics of hard predictions (with their CIs); NLL, Brier and ECE need probabilities."""
+
+
 def write_audit_run(data: AuditData, root: Path, *, seed: int = 0) -> RunStore:
     """Write ``data`` as a run directory at ``root`` (tables only; no weights or representations).
 
@@ -343,11 +345,7 @@ def write_audit_run(data: AuditData, root: Path, *, seed: int = 0) -> RunStore:
         "kind": "audit",
         "source": data.source,
         "seeds": [],
-        "versions": {
-            "polyculture": polyculture.__version__,
-            "torch": torch.__version__,
-            "python": sys.version.split()[0],
-        },
+        "versions": package_versions(),
     }
     write_text(store.root / "study.toml", tomli_w.dumps(study))
     task = {
@@ -369,28 +367,22 @@ def write_audit_run(data: AuditData, root: Path, *, seed: int = 0) -> RunStore:
     for j, model in enumerate(data.models):
         member_id = audit_member_id(model)
         predicted = data.predictions[:, j]
-        correct = (predicted == data.labels).astype(float)
+        correct = predicted == data.labels
         onehot = np.eye(len(data.classes))[predicted]  # (n, classes): hard predictions
-        low, high = bootstrap_mean_ci(correct, seed=seed)
-        f1_low, f1_high = bootstrap_ci(
-            partial(_resampled_macro_f1, data.labels, onehot), n, 500, seed=seed
-        )
+        # Only the label-based metrics: NLL, Brier and ECE mean nothing for hard predictions.
+        metrics = classification_metrics(data.labels, onehot, seed=seed)
         members.append({
             "member_id": member_id, "name": model, "family": "external", "kind": "external",
             "seed": -1, "status": "ok", "reason": "", "n_parameters": np.nan,
-            "train_seconds": np.nan, "test_accuracy": accuracy(data.labels, onehot),
-            "test_accuracy_ci_low": low, "test_accuracy_ci_high": high,
-            "test_macro_f1": macro_f1(data.labels, onehot),
-            "test_macro_f1_ci_low": f1_low, "test_macro_f1_ci_high": f1_high,
+            "train_seconds": np.nan,
+            **{f"test_{k}": v for k, v in metrics.items() if k.startswith(LABEL_METRICS)},
         })  # fmt: skip
-        p_true = np.where(correct > 0, 1.0, 0.0)
+        p_true = correct.astype(float)
         if data.confidence is not None:  # confidence is for the predicted class
-            p_true = np.where(correct > 0, data.confidence[:, j], np.nan)
-        predictions.append(pd.DataFrame({
-            "member_id": member_id, "split": "test", "instance": data.instances,
-            "label": data.labels, "prediction": predicted, "p_true": p_true,
-            "correct": predicted == data.labels,
-        }))  # fmt: skip
+            p_true = np.where(correct, data.confidence[:, j], np.nan)
+        predictions.append(
+            prediction_frame(member_id, "test", data.instances, data.labels, predicted, p_true)
+        )
     write_table(pd.DataFrame(members), store.tables_dir / "members.parquet", csv=True)
     write_table(pd.concat(predictions, ignore_index=True), store.tables_dir / "predictions.parquet")
     groups = None

@@ -13,7 +13,6 @@ import json
 import multiprocessing
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -26,14 +25,21 @@ import pandas as pd
 import tomli_w
 import torch
 
-import polyculture
 from polyculture.data.builders import DataSpec, build_task
 from polyculture.data.task import Task
 from polyculture.errors import ConfigError, ExecutionError
 from polyculture.measure.performance import classification_metrics
 from polyculture.run.analyze import analyze_run
 from polyculture.run.results import RunResults
-from polyculture.run.store import RunStore, write_optional_table, write_table, write_text
+from polyculture.run.store import (
+    PREDICTION_COLUMNS,
+    RunStore,
+    package_versions,
+    prediction_frame,
+    write_optional_table,
+    write_table,
+    write_text,
+)
 from polyculture.run.study import MemberPlan, Study, expand, load_study
 from polyculture.train.member import MemberResult, train_member
 from polyculture.train.tensorboard import log_member
@@ -197,12 +203,7 @@ def _references(task: Task) -> dict[str, Any]:
 
 def _write_resolved_study(store: RunStore, study: Study) -> None:
     resolved = study.model_dump(mode="json", exclude_none=True)
-    resolved["versions"] = {
-        "polyculture": polyculture.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-    }
+    resolved["versions"] = package_versions()
     write_text(store.root / "study.toml", tomli_w.dumps(_without_none(resolved)))
 
 
@@ -363,18 +364,14 @@ def assemble_tables(store: RunStore, task: Task, plans: list[MemberPlan]) -> Non
         for split_name, proba in store.probabilities(plan.member_id).items():
             split = labels[split_name]
             y = split.y.numpy()
-            prediction = proba.argmax(axis=1)
             prediction_frames.append(
-                pd.DataFrame(
-                    {
-                        "member_id": plan.member_id,
-                        "split": split_name,
-                        "instance": split.instance_ids().numpy(),
-                        "label": y,
-                        "prediction": prediction,
-                        "p_true": proba[np.arange(len(y)), y],
-                        "correct": prediction == y,
-                    }
+                prediction_frame(
+                    plan.member_id,
+                    split_name,
+                    split.instance_ids().numpy(),
+                    y,
+                    proba.argmax(axis=1),
+                    proba[np.arange(len(y)), y],
                 )
             )
         history = store.history(plan.member_id)
@@ -390,9 +387,6 @@ def assemble_tables(store: RunStore, task: Task, plans: list[MemberPlan]) -> Non
     # Always written (possibly empty) so no table from an earlier run of the study survives.
     write_table(_concat(prediction_frames, PREDICTION_COLUMNS), tables / "predictions.parquet")
     write_table(_concat(history_frames, ["member_id"]), tables / "history.parquet")
-
-
-PREDICTION_COLUMNS = ["member_id", "split", "instance", "label", "prediction", "p_true", "correct"]
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

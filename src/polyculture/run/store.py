@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,6 +100,44 @@ def write_optional_table(frame: pd.DataFrame | None, target: Path) -> None:
         target.unlink(missing_ok=True)
     else:
         write_table(frame, target)
+
+
+PREDICTION_COLUMNS = ["member_id", "split", "instance", "label", "prediction", "p_true", "correct"]
+
+
+def prediction_frame(
+    member_id: str,
+    split: str,
+    instances: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    p_true: np.ndarray,
+) -> pd.DataFrame:
+    """Rows of ``tables/predictions`` for one member on one split (one row per instance)."""
+    return pd.DataFrame(
+        {
+            "member_id": member_id,
+            "split": split,
+            "instance": instances,
+            "label": labels,
+            "prediction": predicted,
+            "p_true": p_true,
+            "correct": predicted == labels,
+        },
+        columns=PREDICTION_COLUMNS,
+    )
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in every ``study.toml``: polyculture, torch, numpy, python."""
+    import polyculture
+
+    return {
+        "polyculture": polyculture.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 class RunStore:
