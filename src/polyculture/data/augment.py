@@ -48,7 +48,9 @@ def perturb(
 ) -> torch.Tensor:
     """Apply ``strength`` to the batch ``x`` (a new tensor; ``x`` is not changed).
 
-    Translation and rotation apply to sequences and images only; noise to every modality.
+    Translation and rotation apply to sequences and images only; noise to every modality but
+    text, whose token ids have no metric to perturb in (adversarial training perturbs text in
+    embedding space instead, see :mod:`polyculture.train.adversarial`).
 
     Examples
     --------
@@ -57,6 +59,8 @@ def perturb(
     >>> perturb(x, "sequence", Perturbation(noise=1.0), g).std() > 0
     tensor(True)
     """
+    if modality == "text":
+        return x
     if strength.translate and modality in ("sequence", "image"):
         x = translate(x, strength.translate, generator)
     if strength.rotate and modality == "image":
@@ -117,5 +121,6 @@ DEFAULT_SHIFTS: dict[Modality, dict[str, Perturbation]] = {
         "test_rotate": Perturbation(rotate=20.0),
     },
     "tabular": {"test_noise": Perturbation(noise=0.5)},
+    "text": {},
 }
 """Shifted test sets built for each modality unless the study names its own."""

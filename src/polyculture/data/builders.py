@@ -8,6 +8,7 @@ validation split and the shifted test sets.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,8 +84,10 @@ class DataSpec(BaseModel):
 class RawData:
     """What a dataset builder returns: train and test arrays before the common steps.
 
-    ``x_*`` are float arrays ``(n, *input_shape)``; ``y_*`` are int64 class indices into
-    ``class_names``. ``index_*`` are the rows' positions in the source (default ``0..n-1``).
+    ``x_*`` are float arrays ``(n, *input_shape)`` (int64 token ids ``(n, max_length)`` for
+    text, with the raw strings in ``texts_*`` and the tokens in ``vocabulary``); ``y_*`` are int64
+    class indices into ``class_names``. ``index_*`` are the rows' positions in the source (default
+    ``0..n-1``).
     """
 
     modality: Modality
@@ -101,6 +104,9 @@ class RawData:
     feature_names: tuple[str, ...] = ()
     reference_accuracy: dict[str, float] = field(default_factory=dict)
     reference_source: str = ""
+    texts_train: tuple[str, ...] | None = None
+    texts_test: tuple[str, ...] | None = None
+    vocabulary: tuple[str, ...] = ()
 
 
 BuildFunction = Callable[[Path | None, Any], RawData]
@@ -203,11 +209,11 @@ def _finish(spec: DataSpec, raw: RawData) -> Task:
     """The steps common to every dataset, from raw arrays to a Task."""
     cleaning = list(raw.cleaning)
     splits = {}
-    for split_name, x, y, groups, index in (
-        ("train", raw.x_train, raw.y_train, raw.groups_train, raw.index_train),
-        ("test", raw.x_test, raw.y_test, raw.groups_test, raw.index_test),
+    for split_name, x, y, groups, index, texts in (
+        ("train", raw.x_train, raw.y_train, raw.groups_train, raw.index_train, raw.texts_train),
+        ("test", raw.x_test, raw.y_test, raw.groups_test, raw.index_test, raw.texts_test),
     ):
-        x = np.asarray(x, dtype=np.float32)
+        x = np.asarray(x, dtype=np.int64 if raw.modality == "text" else np.float32)
         y = np.asarray(y, dtype=np.int64)
         index = np.arange(len(y)) if index is None else np.asarray(index, dtype=np.int64)
         if len(x) != len(y):
@@ -217,10 +223,14 @@ def _finish(spec: DataSpec, raw: RawData) -> Task:
                 f"the {split_name} split is empty after loading",
                 hint="check the file and the cleaning options (classes, label column)",
             )
+        if texts is not None and len(texts) != len(y):
+            raise DataError(f"{split_name} split has {len(texts)} texts but {len(y)} labels")
         keep = _finite_rows(spec, split_name, x, index, cleaning, raw.feature_names)
         if spec.drop_duplicates:
-            keep &= _first_occurrences(x, y, split_name, cleaning, keep)
-        splits[split_name] = _select(x, y, groups, index, keep)
+            # Text rows are compared by their raw strings: two texts can share token ids.
+            keys = x if texts is None else np.array([hash_text(t) for t in texts])
+            keep &= _first_occurrences(keys, y, split_name, cleaning, keep)
+        splits[split_name] = _select(x, y, groups, index, keep, texts)
     class_names = _check_labels(spec, tuple(raw.class_names), splits, cleaning)
     if len(splits["train"][1]) == 0 or len(splits["test"][1]) == 0:
         raise DataError("no examples left after cleaning", hint="check the cleaning log and data")
@@ -241,17 +251,29 @@ def _finish(spec: DataSpec, raw: RawData) -> Task:
         feature_names=raw.feature_names,
         reference_accuracy=dict(raw.reference_accuracy),
         reference_source=raw.reference_source,
+        vocabulary=tuple(raw.vocabulary),
     )
 
 
-Columns = tuple[np.ndarray, np.ndarray, pd.DataFrame | None, np.ndarray]
+Columns = tuple[np.ndarray, np.ndarray, pd.DataFrame | None, np.ndarray, tuple[str, ...] | None]
+
+
+def hash_text(text: str) -> np.uint64:
+    """A 64-bit hash of a string (stable across processes, unlike ``hash``)."""
+    return np.frombuffer(hashlib.blake2b(text.encode(), digest_size=8).digest(), np.uint64)[0]
 
 
 def _select(
-    x: np.ndarray, y: np.ndarray, groups: pd.DataFrame | None, index: np.ndarray, keep: np.ndarray
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: pd.DataFrame | None,
+    index: np.ndarray,
+    keep: np.ndarray,
+    texts: tuple[str, ...] | None = None,
 ) -> Columns:
     kept_groups = None if groups is None else groups.loc[keep].reset_index(drop=True)
-    return x[keep], y[keep], kept_groups, index[keep]
+    kept_texts = None if texts is None else tuple(t for t, k in zip(texts, keep, strict=True) if k)
+    return x[keep], y[keep], kept_groups, index[keep], kept_texts
 
 
 def _finite_rows(
@@ -310,7 +332,7 @@ def _check_labels(
 ) -> tuple[str, ...]:
     """Check label ranges and that every test class occurs in training; returns the classes."""
     num_classes = len(class_names)
-    for split_name, (_, y, _, _) in splits.items():
+    for split_name, (_, y, _, _, _) in splits.items():
         if len(y) and (y.min() < 0 or y.max() >= num_classes):
             raise DataError(
                 f"{split_name} labels fall outside the {num_classes} known classes",
@@ -330,7 +352,8 @@ def _check_labels(
         )
     keep = ~np.isin(test_y, unseen)
     cleaning.append(CleaningStep("test", "class unseen in training", int((~keep).sum()), names))
-    splits["test"] = _select(*splits["test"], keep)
+    x, y, groups, index, texts = splits["test"]
+    splits["test"] = _select(x, y, groups, index, keep, texts)
     # Trailing classes known only from dropped test rows are not classes of the task.
     kept = list(class_names)
     while kept and len(kept) - 1 in unseen:
@@ -339,13 +362,18 @@ def _check_labels(
 
 
 def _to_split(
-    x: np.ndarray, y: np.ndarray, groups: pd.DataFrame | None, index: np.ndarray
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: pd.DataFrame | None,
+    index: np.ndarray,
+    texts: tuple[str, ...] | None,
 ) -> Split:
     return Split(
         torch.from_numpy(np.ascontiguousarray(x)),
         torch.from_numpy(y),
         groups,
         torch.from_numpy(index),
+        texts,
     )
 
 
@@ -389,5 +417,5 @@ def _shifted_sets(test: Split, modality: Modality, spec: DataSpec) -> dict[str, 
     shifted = {}
     for name, strength in sorted(shifts.items()):
         x = perturb(test.x, modality, strength, generator)
-        shifted[name] = Split(x.contiguous(), test.y, test.groups, test.index)
+        shifted[name] = Split(x.contiguous(), test.y, test.groups, test.index, test.texts)
     return shifted

@@ -9,6 +9,8 @@ Input layout by modality (``input_shape`` excludes the batch dimension):
 * ``sequence``: ``(channels, length)``, e.g. MNIST-1D is ``(1, 40)``
 * ``image``: ``(channels, height, width)``, e.g. Fashion-MNIST is ``(1, 28, 28)``
 * ``tabular``: ``(features,)``
+* ``text``: ``(max_length,)`` int64 token ids of the task's vocabulary (``0`` pads, ``1`` is an
+  unknown word); the raw strings stay in ``Split.texts`` for encoders with their own tokenizer
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ from typing import Literal
 import pandas as pd
 import torch
 
-Modality = Literal["sequence", "image", "tabular"]
-MODALITIES: tuple[Modality, ...] = ("sequence", "image", "tabular")
+Modality = Literal["sequence", "image", "tabular", "text"]
+MODALITIES: tuple[Modality, ...] = ("sequence", "image", "tabular", "text")
+
+PAD_ID = 0
+"""Token id of padding in text tasks."""
+UNKNOWN_ID = 1
+"""Token id of words outside the vocabulary in text tasks."""
 
 
 @dataclass(frozen=True)
@@ -32,19 +39,23 @@ class Split:
     Attributes
     ----------
     x
-        Features, float32, shape ``(n, *input_shape)``.
+        Features, float32, shape ``(n, *input_shape)``; int64 token ids ``(n, max_length)`` for
+        text.
     y
         Class indices, int64, shape ``(n,)``.
     groups
         Per-instance group attributes (one column per attribute, string values), or ``None``.
     index
         Instance ids within the split's source (row numbers in the original file), ``(n,)``.
+    texts
+        The raw strings of a text task, one per row, else ``None``.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     groups: pd.DataFrame | None = None
     index: torch.Tensor | None = None
+    texts: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -55,7 +66,8 @@ class Split:
         if self.groups is not None:
             groups = self.groups.iloc[rows.numpy()].reset_index(drop=True)
         index = self.instance_ids()[rows]
-        return Split(self.x[rows], self.y[rows], groups, index)
+        texts = None if self.texts is None else tuple(self.texts[i] for i in rows.tolist())
+        return Split(self.x[rows], self.y[rows], groups, index, texts)
 
     def instance_ids(self) -> torch.Tensor:
         """Stable instance ids: ``index`` when set, else ``0..n-1``."""
@@ -95,6 +107,8 @@ class Task:
         Column names for tabular tasks, else empty.
     reference_accuracy
         Published test accuracies by model family, where a publication gives one.
+    vocabulary
+        Text tasks: the token of each id (``vocabulary[0]`` is padding, ``[1]`` unknown).
     """
 
     name: str
@@ -108,6 +122,7 @@ class Task:
     feature_names: tuple[str, ...] = ()
     reference_accuracy: dict[str, float] = field(default_factory=dict)
     reference_source: str = ""
+    vocabulary: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -136,6 +151,8 @@ class Task:
             digest.update(name.encode())
             for tensor in (split.x, split.y, split.instance_ids()):
                 digest.update(tensor.contiguous().numpy().tobytes())
+            if split.texts is not None:
+                digest.update("\x00".join(split.texts).encode())
         return digest.hexdigest()[:12]
 
     def summary(self) -> dict[str, object]:
@@ -152,4 +169,5 @@ class Task:
                 list(self.train.groups.columns) if self.train.groups is not None else []
             ),
             "cleaning": [vars(step) for step in self.cleaning],
+            "vocabulary_size": len(self.vocabulary),
         }

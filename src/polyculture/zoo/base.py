@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from polyculture.data.task import Modality
+from polyculture.data.task import Modality, Task
 from polyculture.errors import ConfigError
 from polyculture.registry import Registry
 
@@ -49,6 +49,18 @@ class ZooModel(nn.Module, ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(n, classes)`` for inputs ``(n, *input_shape)``."""
         return self.representations(x)["logits"]
+
+    def embed_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The continuous space in which inputs are perturbed (adversarial attacks).
+
+        The inputs themselves for continuous modalities; text families override this with their
+        token embeddings ``(n, length, dim)`` so that attacks act in embedding space.
+        """
+        return x
+
+    def forward_embedded(self, embedded: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, classes)`` from the output of :meth:`embed_inputs` (maybe perturbed)."""
+        return self(embedded)
 
 
 class ClassicalModel(ABC):
@@ -78,7 +90,12 @@ class ClassicalModel(ABC):
         """Number of learned values after ``fit`` (coefficients, tree nodes, stored examples)."""
 
 
-Builder = Callable[[Any, tuple[int, ...], int, Modality], "ZooModel | ClassicalModel"]
+Builder = Callable[..., "ZooModel | ClassicalModel"]
+"""``build(knobs, input_shape, num_classes, modality)``; families that take ``text`` inputs are
+also called with the keyword ``vocab_size`` (the number of token ids of the task)."""
+
+Prepare = Callable[[Task], Task]
+"""Turns a task into the inputs a family reads (e.g. a pretrained encoder's own tokenization)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,9 @@ class Family:
         ``build(knobs, input_shape, num_classes, modality)`` -> model.
     description
         One line for ``polyculture models``.
+    prepare
+        Optional ``prepare(task) -> task`` applied before the model sees the task, for families
+        that read inputs their own way (a pretrained encoder re-tokenizes ``Split.texts``).
     """
 
     name: str
@@ -107,6 +127,7 @@ class Family:
     knobs: type[Knobs]
     build: Builder
     description: str
+    prepare: Prepare | None = None
 
 
 FAMILIES: Registry[Family] = Registry("model family")
@@ -119,6 +140,7 @@ def family(
     modalities: tuple[Modality, ...],
     knobs: type[Knobs],
     description: str,
+    prepare: Prepare | None = None,
     registry: Registry[Family] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register a builder function as model family ``name``.
@@ -141,7 +163,9 @@ def family(
     target = FAMILIES if registry is None else registry
 
     def add(build: Builder) -> Builder:
-        target.add(name, Family(name, kind, frozenset(modalities), knobs, build, description))
+        target.add(
+            name, Family(name, kind, frozenset(modalities), knobs, build, description, prepare)
+        )
         return build
 
     return add
@@ -211,9 +235,16 @@ def resolve_knobs(spec: ModelSpec, modality: Modality | None = None) -> Knobs:
 
 
 def create_model(
-    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, modality: Modality
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    modality: Modality,
+    *,
+    vocab_size: int = 0,
 ) -> ZooModel | ClassicalModel:
     """Build an untrained model for ``spec`` (the one entry point, like ``timm.create_model``).
+
+    ``vocab_size`` (text tasks: ``len(task.vocabulary)``) is passed on to text families.
 
     Examples
     --------
@@ -223,7 +254,10 @@ def create_model(
     torch.Size([2, 10])
     """
     knobs = resolve_knobs(spec, modality)
-    return FAMILIES.get(spec.family).build(knobs, tuple(input_shape), num_classes, modality)
+    build = FAMILIES.get(spec.family).build
+    if modality == "text":
+        return build(knobs, tuple(input_shape), num_classes, modality, vocab_size=vocab_size)
+    return build(knobs, tuple(input_shape), num_classes, modality)
 
 
 def final_layer(layers: list[str]) -> str:

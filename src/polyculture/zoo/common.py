@@ -27,7 +27,7 @@ Depth = Annotated[int, Field(ge=1, description="number of hidden layers / blocks
 DropoutP = Annotated[float, Field(ge=0.0, lt=1.0, description="dropout probability")]
 
 #: Number of dimensions of one example, by modality (see ``polyculture.data.task``).
-_RANKS: dict[str, int] = {"sequence": 2, "image": 3, "tabular": 1}
+_RANKS: dict[str, int] = {"sequence": 2, "image": 3, "tabular": 1, "text": 1}
 
 #: Representations are kept small so that probes and similarity measures stay cheap.
 MAX_SEQUENCE_POSITIONS = 64
@@ -56,7 +56,11 @@ def check_input_shape(name: str, input_shape: tuple[int, ...], modality: Modalit
     """
     rank = _RANKS[modality]
     if len(input_shape) != rank or any(int(s) < 1 for s in input_shape):
-        layout = {"sequence": "(channels, length)", "image": "(channels, height, width)"}
+        layout = {
+            "sequence": "(channels, length)",
+            "image": "(channels, height, width)",
+            "text": "(max_length,)",
+        }
         raise ConfigError(
             f"model '{name}' got {modality} input shape {tuple(input_shape)}",
             hint=f"{modality} inputs must be {layout.get(modality, '(features,)')} "
