@@ -58,8 +58,11 @@ class ZooModel(nn.Module, ABC):
         """
         return x
 
-    def forward_embedded(self, embedded: torch.Tensor) -> torch.Tensor:
-        """Logits ``(n, classes)`` from the output of :meth:`embed_inputs` (maybe perturbed)."""
+    def forward_embedded(self, embedded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, classes)`` from ``embedded``, the (maybe perturbed) output of
+        :meth:`embed_inputs` for the inputs ``x``; text families read their padding mask from
+        ``x``.
+        """
         return self(embedded)
 
 
