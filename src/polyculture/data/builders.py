@@ -405,6 +405,35 @@ def seeded_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
     return np.sort(kept), np.sort(held)
 
 
+def stratified_shards(labels: np.ndarray, count: int, seed: int = 0) -> list[np.ndarray]:
+    """Split row positions into ``count`` disjoint shards with the label mix of the whole.
+
+    Each class's rows are shuffled with ``seed`` and dealt round-robin, so shard sizes differ by
+    at most one per class. Every member trained on a shard of the same data gets the same
+    partition (the seed does not depend on the member).
+
+    Examples
+    --------
+    >>> shards = stratified_shards(np.array([0, 0, 0, 0, 1, 1]), 2)
+    >>> [sorted(np.array([0, 0, 0, 0, 1, 1])[s].tolist()) for s in shards]
+    [[0, 0, 1], [0, 0, 1]]
+    """
+    if count < 1 or count > len(labels):
+        raise DataError(
+            f"cannot cut {len(labels)} training rows into {count} shards",
+            hint="use fewer shards",
+        )
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(count)]
+    offset = 0
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        for position, row in enumerate(rows):
+            parts[(position + offset) % count].append(int(row))
+        offset += len(rows)  # continue dealing where the last class stopped
+    return [np.sort(np.array(part, dtype=np.int64)) for part in parts]
+
+
 def _carve_validation(train: Split, spec: DataSpec) -> tuple[Split, Split]:
     """Seeded validation split, stratified by label where possible."""
     fit_rows, val_rows = seeded_split(train.y.numpy(), spec.val_fraction, spec.seed)

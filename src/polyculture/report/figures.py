@@ -244,3 +244,33 @@ def failure_counts(
         ax.grid(axis="y", alpha=0.3)
         ax.legend(frameon=False)
     return to_svg(fig, "failures")
+
+
+def interval_panels(
+    names: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float]]],
+    title: str,
+    key: str,
+    reference: Sequence[float | None] = (),
+) -> str:
+    """One panel per statistic: a dot and its interval for each named row (e.g. ecosystems).
+
+    ``panels`` holds ``(axis label, values, lows, highs)``; ``reference`` an optional vertical
+    line per panel (e.g. 1 for a ratio whose independence value is 1).
+    """
+    fig = _figure(2.6 * len(panels) + 1.4, 0.9 + 0.35 * len(names))
+    with mpl.rc_context(_RC):
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        rows = np.arange(len(names))[::-1]
+        for index, (ax, (label, values, lows, highs)) in enumerate(zip(axes, panels, strict=True)):
+            v = np.asarray(values, float)
+            err = np.abs(np.vstack([np.asarray(lows, float), np.asarray(highs, float)]) - v)
+            err = np.where(np.isfinite(err), err, 0.0)
+            ax.errorbar(v, rows, xerr=err, fmt="o", color=OKABE_ITO[index], ms=5, capsize=3, lw=1)
+            if index < len(reference) and reference[index] is not None:
+                ax.axvline(float(reference[index]), color="0.5", lw=0.8, ls=":")  # type: ignore[arg-type]
+            ax.set_xlabel(label)
+            ax.grid(axis="x", alpha=0.3)
+        axes[0].set_yticks(rows, [short(n) for n in names])
+        fig.suptitle(title, x=0.01, ha="left", fontsize=10)
+    return to_svg(fig, key)

@@ -32,6 +32,8 @@ import pandas as pd
 from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
+from polyculture.measure.ecosystem import STATISTICS as ECOSYSTEM_STATISTICS
+from polyculture.measure.ecosystem import ecosystem_finding
 from polyculture.report import figures
 from polyculture.run.results import RunResults, load_run
 from polyculture.run.store import write_text
@@ -579,6 +581,55 @@ def _robustness(results: RunResults, csv: _Csv) -> Section | None:
     return section
 
 
+def _adversarial(results: RunResults, csv: _Csv) -> Section | None:
+    members = results.members
+    if "robust_accuracy" not in members.columns:
+        return None
+    ok = members[members["status"] == "ok"]
+    attacked = ok[ok["robust_accuracy"].notna()]
+    if attacked.empty:
+        return None
+    evaluate = results.study.get("evaluate", {}) or {}
+    grouped = attacked.groupby("name", sort=False)
+    frame = pd.DataFrame(
+        {
+            "model": list(grouped.groups),
+            "members": grouped.size().to_numpy(),
+            "clean": grouped["robust_clean_accuracy"].mean().to_numpy(),
+            "under PGD": grouped["robust_accuracy"].mean().to_numpy(),
+        }
+    )
+    frame["drop (points)"] = 100 * (frame["under PGD"] - frame["clean"])
+    shown = frame.assign(
+        clean=frame["clean"].map(pct),
+        **{"under PGD": frame["under PGD"].map(pct)},
+        **{"drop (points)": frame["drop (points)"].map(lambda v: f"{v:+.1f}")},
+    )
+    section = Section("adversarial", "Adversarial robustness (PGD)")
+    section.intro.append(
+        f"Accuracy on the first {evaluate.get('robust_size', '?')} test instances, clean and "
+        f"under an L∞ PGD attack ({evaluate.get('robust_steps', '?')} steps, radius "
+        f"{evaluate.get('robust_epsilon', '?')} × the standard deviation of the training inputs; "
+        "text members are attacked in embedding space); mean over seeds. An instance counts as "
+        "robust only when it is right both clean and attacked."
+    )
+    skipped = ok[ok["robust_accuracy"].isna() & (ok["robust_note"].fillna("") != "")]
+    if not skipped.empty:
+        reasons = skipped.groupby("robust_note")["name"].unique()
+        section.intro.append(
+            "Not attacked: "
+            + "; ".join(f"{', '.join(map(str, names))} ({note})" for note, names in reasons.items())
+            + "."
+        )
+    path = csv.add("adversarial", frame)
+    section.tables.append(
+        _table(
+            "Clean vs PGD accuracy", shown, ["members", "clean", "under PGD", "drop (points)"], path
+        )
+    )
+    return section
+
+
 def _similarity(
     results: RunResults, labels: dict[str, str], csv: _Csv
 ) -> tuple[Section | None, list[str]]:
@@ -856,6 +907,96 @@ def _systemic(results: RunResults, csv: _Csv) -> Section | None:
     return section
 
 
+def _ecosystems(results: RunResults, csv: _Csv) -> Section | None:
+    summary = _optional_table(results, "ecosystems")
+    if summary is None:
+        return None
+    comparisons = _optional_table(results, "ecosystem_comparisons")
+    comparisons = pd.DataFrame() if comparisons is None else comparisons
+    definitions = {str(eco.get("name")): eco for eco in results.study.get("ecosystems", []) or []}
+    section = Section("ecosystems", "Component sharing: which ecosystems fail together")
+    if not comparisons.empty:
+        section.intro.append(ecosystem_finding(summary, comparisons))
+    section.intro.append(
+        "Each ecosystem is a set of members a user could meet. Systemic-failure ratio: the share "
+        "of test instances all its members fail, over the share expected if they failed "
+        "independently (1 = independent). Error consistency: Cohen's κ of the members' "
+        "right/wrong outcomes, mean over pairs. CKA: linear CKA of the members' final "
+        "representations on the probe set, mean over pairs. Intervals: 95% percentile "
+        "bootstrap over test instances; comparisons resample the same instances for every "
+        "ecosystem (paired)."
+    )
+    names = summary["ecosystem"].astype(str).tolist()
+    labels = {
+        "systemic_ratio": "systemic-failure ratio",
+        "error_consistency": "error consistency (κ)",
+        "cka": "mean CKA",
+    }
+    panels = [
+        (
+            labels[stat],
+            summary[stat].tolist(),
+            summary[f"{stat}_ci_low"].tolist(),
+            summary[f"{stat}_ci_high"].tolist(),
+        )
+        for stat in ECOSYSTEM_STATISTICS
+    ]
+    title = "Homogeneity of each ecosystem (95% CI)"
+    section.figures.append(
+        FigureView(
+            figures.interval_panels(names, panels, title, "ecosystems", reference=[1.0, 0.0]),
+            f"Dot plots with intervals of three statistics for {len(names)} ecosystems",
+            title + "; dotted lines mark independence.",
+        )
+    )
+    rows = []
+    for row in summary.to_dict("records"):
+        entry = {
+            "ecosystem": str(row["ecosystem"]),
+            "models": ", ".join(
+                map(str, definitions.get(str(row["ecosystem"]), {}).get("models", []))
+            ),
+            "members": str(row["members"]),
+            "mean accuracy": pct(row["accuracy"]),
+        }
+        for stat in ECOSYSTEM_STATISTICS:
+            entry[f"{labels[stat]} [95% CI]"] = f"{num(row[stat])} " + interval(
+                row[f"{stat}_ci_low"], row[f"{stat}_ci_high"], num
+            )
+        rows.append(entry)
+    frame = pd.DataFrame(rows)
+    path = csv.add("ecosystems", summary)
+    section.tables.append(_table("Ecosystems (test set)", frame, list(frame.columns[2:]), path))
+    if not comparisons.empty:
+        shown = pd.DataFrame(
+            {
+                "ecosystem a": comparisons["ecosystem_a"].astype(str),
+                "ecosystem b": comparisons["ecosystem_b"].astype(str),
+                "statistic": [labels.get(str(s), str(s)) for s in comparisons["statistic"]],
+                "a − b [95% CI]": [
+                    f"{num(d)} " + interval(lo, hi, num)
+                    for d, lo, hi in zip(
+                        comparisons["difference"],
+                        comparisons["ci_low"],
+                        comparisons["ci_high"],
+                        strict=True,
+                    )
+                ],
+                "p (paired bootstrap)": [sig(p) for p in comparisons["p_value"]],
+            }
+        )
+        path = csv.add("ecosystem_comparisons", comparisons)
+        section.tables.append(
+            _table(
+                "Paired comparisons between ecosystems",
+                shown,
+                ["a − b [95% CI]", "p (paired bootstrap)"],
+                path,
+            )
+        )
+    return section
+
+
 def _diversity(results: RunResults, csv: _Csv) -> Section | None:
     table = _optional_table(results, "diversity")
     if table is None:
@@ -989,10 +1130,12 @@ def build_report(run_dir: str | Path) -> Path:
         _training(results),
         _calibration(results, csv),
         _robustness(results, csv),
+        _adversarial(results, csv),
         similarity,
         _agreement(results, labels, order, csv),
         _failures(results, csv),
         _systemic(results, csv),
+        _ecosystems(results, csv),
         _diversity(results, csv),
         _failed(results, labels, csv),
     ]

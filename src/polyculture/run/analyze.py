@@ -10,6 +10,9 @@ After a study trains (or an audit loads predictions), :func:`analyze_run` reads
   Poisson-binomial, H_avg / H_unif / H_worst (per group when the task has groups);
 * ``tables/failure_counts.parquet``: one row per (split, scope, k) — observed vs Poisson-binomial;
 * ``tables/diversity.parquet``: one row per (split, scope, measure) — Kuncheva & Whitaker;
+* ``tables/ecosystems.parquet`` and ``tables/ecosystem_comparisons.parquet``: per named ecosystem
+  of the study, the systemic-failure ratio, mean error consistency and mean CKA with intervals,
+  and paired comparisons between ecosystems;
 * ``tables/similarity.parquet``: one row per (member_a, layer_a, member_b, layer_b, measure) —
   linear CKA (and debiased CKA) of the final representations of every pair of members, and
   layer x layer CKA between one member (the first seed) of every pair of models.
@@ -29,6 +32,7 @@ import pandas as pd
 
 from polyculture.measure.agreement import pairwise_agreement
 from polyculture.measure.diversity import diversity_report
+from polyculture.measure.ecosystem import Ecosystem, compare_ecosystems
 from polyculture.measure.homogenization import (
     failure_count_distribution,
     homogenization,
@@ -72,11 +76,19 @@ def _scopes(members: pd.DataFrame) -> Iterator[tuple[str, list[str]]]:
             yield scope, ids
 
 
-def analyze_run(store: RunStore, *, seed: int = 0, n_resamples: int = 2000) -> None:
+def analyze_run(
+    store: RunStore,
+    *,
+    seed: int = 0,
+    n_resamples: int = 2000,
+    ecosystems: dict[str, list[str]] | None = None,
+) -> None:
     """Compute the zoo-level tables of a run directory (see the module docstring).
 
     Members that failed are left out. With fewer than two usable members the agreement,
     homogenization, failure-count and diversity tables are written empty (they compare members).
+    ``ecosystems`` (name -> model display names) adds ``tables/ecosystems`` and
+    ``tables/ecosystem_comparisons`` (see :func:`polyculture.measure.ecosystem.compare_ecosystems`).
     """
     members = store.table("members")
     members = members[members["status"] == "ok"].reset_index(drop=True)
@@ -133,6 +145,37 @@ def analyze_run(store: RunStore, *, seed: int = 0, n_resamples: int = 2000) -> N
     )
     write_table(pd.DataFrame(diversity_rows), tables / "diversity.parquet")
     write_table(_similarity(store, members), tables / "similarity.parquet")
+    summary, comparisons = _ecosystem_tables(store, members, predictions, ecosystems or {}, seed)
+    write_table(summary, tables / "ecosystems.parquet", csv=True)
+    write_table(comparisons, tables / "ecosystem_comparisons.parquet", csv=True)
+
+
+def _ecosystem_tables(
+    store: RunStore,
+    members: pd.DataFrame,
+    predictions: pd.DataFrame,
+    ecosystems: dict[str, list[str]],
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ecosystem statistics on the test split (empty tables when none is defined or usable)."""
+    inputs: dict[str, Ecosystem] = {}
+    for name, models in ecosystems.items():
+        ids = members[members["name"].isin(models)]["member_id"].tolist()
+        if len(ids) < 2:
+            warnings.warn(
+                f"ecosystem '{name}' has fewer than two members that trained; left out",
+                stacklevel=2,
+            )
+            continue
+        _, labels, predicted = _matrices(predictions, TEST_LIKE, ids)
+        representations: list[np.ndarray | None] = []
+        for member_id in ids:
+            layers = store.representations(member_id)
+            representations.append(layers[final_layer(list(layers))] if layers else None)
+        inputs[name] = Ecosystem(predicted == labels[:, None], representations)
+    if not inputs:
+        return pd.DataFrame(), pd.DataFrame()
+    return compare_ecosystems(inputs, seed=seed)
 
 
 AGREEMENT_COLUMNS = ["split", "member_a", "member_b", "measure", "value"]

@@ -9,6 +9,7 @@ extended study resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -40,8 +41,21 @@ from polyculture.run.store import (
     write_table,
     write_text,
 )
-from polyculture.run.study import MemberPlan, Study, expand, load_study
-from polyculture.train.member import MemberResult, train_member
+from polyculture.run.study import BackbonePlan, MemberPlan, Study, expand, load_study
+from polyculture.train.backbone import (
+    backbone_features,
+    feature_task,
+    load_backbone,
+    prepare_task,
+    pretrain_backbone,
+)
+from polyculture.train.member import (
+    Adaptation,
+    MemberResult,
+    RobustnessCheck,
+    resolve_device,
+    train_member,
+)
 from polyculture.train.tensorboard import log_member
 from polyculture.zoo.base import final_layer
 
@@ -123,14 +137,19 @@ def run_study(
     execution = study.execution
     n_workers = workers if workers is not None else execution.workers
     n_workers = default_workers(len(pending)) if n_workers == 0 else n_workers
+    backbones = list({p.backbone.backbone_id: p.backbone for p in pending if p.backbone}.values())
+    backbones = [b for b in backbones if not store.is_backbone_done(b.backbone_id)]
+    if backbones:
+        _run_jobs(store, study, backbones, device_name, n_workers, task, None)
     if pending:
-        if n_workers <= 1 or len(pending) == 1:
-            _run_serial(store, task, study, pending, device_name, on_member)
-        else:
-            _run_parallel(store, study, pending, device_name, n_workers, on_member)
+        _run_jobs(store, study, pending, device_name, n_workers, task, on_member)
 
     assemble_tables(store, task, plans)
-    analyze_run(store, seed=study.evaluate.bootstrap_seed)
+    analyze_run(
+        store,
+        seed=study.evaluate.bootstrap_seed,
+        ecosystems={eco.name: eco.models for eco in study.ecosystems},
+    )
     _write_report(store)
     write_text(
         store.root / "timing.json",
@@ -207,13 +226,126 @@ def _write_resolved_study(store: RunStore, study: Study) -> None:
     write_text(store.root / "study.toml", tomli_w.dumps(_without_none(resolved)))
 
 
+def train_and_store_backbone(
+    store: RunStore, task: Task, study: Study, plan: BackbonePlan, device: str
+) -> dict[str, Any]:
+    """Pretrain (or load) one backbone, compute its features, write its folder; its record."""
+    spec = plan.spec
+    prepared = prepare_task(task, spec.family)
+    source = None
+    if spec.source is not None:
+        source = prepare_task(build_task(spec.source), spec.family)
+    settings: dict[str, Any] = {}
+    if spec.method == "contrastive":
+        from polyculture.train.pretrain import PretrainSpec
+
+        settings["pretrain"] = PretrainSpec.model_validate(spec.pretrain)
+    result = pretrain_backbone(
+        plan.model,
+        spec.method,
+        prepared,
+        spec.seed,
+        resolve_device(device),
+        train=plan.train,
+        source=source,
+        layer=spec.layer,
+        **settings,
+    )
+    features: dict[str, np.ndarray] = {}
+    if result.status == "ok":
+        network = load_backbone(plan.model, prepared, result.weights, source)
+        features = backbone_features(network, prepared, result.layer, resolve_device(device))
+    record = {
+        "backbone_id": plan.backbone_id,
+        "name": spec.name,
+        "family": spec.family,
+        "params": spec.params,
+        "method": spec.method,
+        "seed": spec.seed,
+        "status": result.status,
+        "reason": result.reason,
+        "layer": result.layer,
+        "feature_dim": int(features["train"].shape[1]) if features else 0,
+        "pretrain_seconds": result.seconds,
+    }
+    store.write_backbone(
+        plan.backbone_id,
+        record,
+        weights=result.weights,
+        features=features,
+        history=result.history,
+        error_detail=result.error_detail,
+    )
+    return record
+
+
+_ADAPTED: dict[tuple[str, str], Task | Adaptation] = {}
+"""Per process: feature tasks (probes) and loaded backbones (fine-tuning) by backbone id."""
+
+
+def _train_plan(
+    store: RunStore, task: Task, study: Study, plan: MemberPlan, device: str
+) -> MemberResult:
+    """Train one member of the plan, adapting its backbone when it has one."""
+    common: dict[str, Any] = {
+        "probe_size": study.evaluate.probe_size,
+        "device": device,
+        "shard": plan.shard,
+        "robustness": _robustness_check(study),
+    }
+    if plan.backbone is None:
+        return train_member(task, plan.model, plan.train, plan.seed, **common)
+    backbone = plan.backbone
+    record = store.backbone_record(backbone.backbone_id)
+    if record["status"] != "ok":
+        return MemberResult(
+            status="failed", reason=f"backbone '{backbone.spec.name}' failed: {record['reason']}"
+        )
+    key = (backbone.backbone_id, plan.adapt)
+    if plan.adapt == "probe":
+        if key not in _ADAPTED:
+            _ADAPTED[key] = feature_task(task, store.backbone_features(backbone.backbone_id))
+        features = _ADAPTED[key]
+        assert isinstance(features, Task)
+        return train_member(
+            features,
+            plan.model,
+            plan.train,
+            plan.seed,
+            input_representation=f"backbone.{record['layer']}",
+            **common,
+        )
+    prepared = prepare_task(task, backbone.spec.family)
+    if key not in _ADAPTED:
+        source = (
+            None
+            if backbone.spec.source is None
+            else prepare_task(build_task(backbone.spec.source), backbone.spec.family)
+        )
+        network = load_backbone(
+            backbone.model, prepared, store.backbone_weights(backbone.backbone_id), source
+        )
+        _ADAPTED[key] = Adaptation(network, record["layer"])
+    adaptation = _ADAPTED[key]
+    assert isinstance(adaptation, Adaptation)
+    adaptation = dataclasses.replace(adaptation, finetune_layers=plan.finetune_layers)
+    return train_member(
+        prepared, plan.model, plan.train, plan.seed, adaptation=adaptation, **common
+    )
+
+
+def _robustness_check(study: Study) -> RobustnessCheck | None:
+    evaluate = study.evaluate
+    if evaluate.robust_epsilon == 0:
+        return None
+    return RobustnessCheck(evaluate.robust_epsilon, evaluate.robust_steps, evaluate.robust_size)
+
+
 def train_and_store(
     store: RunStore, task: Task, study: Study, plan: MemberPlan, device: str
 ) -> dict[str, Any]:
     """Train one member, compute its metrics, write its folder; returns its record."""
-    result = train_member(
-        task, plan.model, plan.train, plan.seed, probe_size=study.evaluate.probe_size, device=device
-    )
+    result = _train_plan(store, task, study, plan, device)
     record = member_record(plan, result, task, study.evaluate.bootstrap_seed)
     store.write_member(
         plan.member_id,
@@ -256,6 +388,9 @@ def member_record(
         "params": plan.model.params,
         "kind": plan.kind,
         "seed": plan.seed,
+        "backbone": plan.backbone.spec.name if plan.backbone else "",
+        "adapt": plan.adapt if plan.backbone else "",
+        "shard": f"{plan.shard[0] + 1}/{plan.shard[1]}" if plan.shard else "",
         "train": plan.train.model_dump(mode="json") if plan.kind == "torch" else None,
         "status": result.status,
         "reason": result.reason,
@@ -264,28 +399,45 @@ def member_record(
         "steps": result.steps,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
+        "robust_accuracy": result.robust_accuracy,
+        "robust_clean_accuracy": result.robust_clean_accuracy,
+        "robust_note": result.robust_note,
         "layers": list(result.representations),
         "metrics": metrics,
     }
 
 
-def _run_serial(
+Job = MemberPlan | BackbonePlan
+
+
+def _run_job(store: RunStore, task: Task, study: Study, job: Job, device: str) -> dict[str, Any]:
+    if isinstance(job, BackbonePlan):
+        return train_and_store_backbone(store, task, study, job, device)
+    return train_and_store(store, task, study, job, device)
+
+
+def _run_jobs(
     store: RunStore,
-    task: Task,
     study: Study,
-    pending: list[MemberPlan],
+    jobs: list[MemberPlan] | list[BackbonePlan],
     device: str,
+    n_workers: int,
+    task: Task,
     on_member: ProgressCallback | None,
 ) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same numbers as one-thread workers
-    try:
-        for plan in pending:
-            record = train_and_store(store, task, study, plan, device)
-            if on_member is not None:
-                on_member(plan, record, False)
-    finally:
-        torch.set_num_threads(threads)
+    """Run members (or backbones) here or in worker processes; report members as they finish."""
+    if n_workers <= 1 or len(jobs) == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same numbers as one-thread workers
+        try:
+            for job in jobs:
+                record = _run_job(store, task, study, job, device)
+                if on_member is not None and isinstance(job, MemberPlan):
+                    on_member(job, record, False)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    _run_parallel(store, study, jobs, device, min(n_workers, len(jobs)), on_member)
 
 
 _WORKER_TASK: Task | None = None
@@ -299,18 +451,16 @@ def _init_worker(data_spec: dict[str, Any]) -> None:
     _WORKER_TASK = build_task(DataSpec.model_validate(data_spec))
 
 
-def _worker_member(
-    root: str, study_json: dict[str, Any], plan: MemberPlan, device: str
-) -> dict[str, Any]:
+def _worker_job(root: str, study_json: dict[str, Any], job: Job, device: str) -> dict[str, Any]:
     assert _WORKER_TASK is not None, "worker was not initialised"
     study = Study.model_validate(study_json)
-    return train_and_store(RunStore(Path(root)), _WORKER_TASK, study, plan, device)
+    return _run_job(RunStore(Path(root)), _WORKER_TASK, study, job, device)
 
 
 def _run_parallel(
     store: RunStore,
     study: Study,
-    pending: list[MemberPlan],
+    jobs: list[MemberPlan] | list[BackbonePlan],
     device: str,
     n_workers: int,
     on_member: ProgressCallback | None,
@@ -323,26 +473,30 @@ def _run_parallel(
         initializer=_init_worker,
         initargs=(study.data.model_dump(mode="json"),),
     ) as pool:
-        futures: dict[Future[dict[str, Any]], MemberPlan] = {
-            pool.submit(_worker_member, str(store.root), study_json, plan, device): plan
-            for plan in pending
+        futures: dict[Future[dict[str, Any]], Job] = {
+            pool.submit(_worker_job, str(store.root), study_json, job, device): job for job in jobs
         }
         try:
             remaining = set(futures)
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                 for future in finished:
+                    job = futures[future]
                     try:
                         record = future.result()
                     except BrokenProcessPool:
-                        plan = futures[future]
+                        what = (
+                            f"backbone '{job.spec.name}'"
+                            if isinstance(job, BackbonePlan)
+                            else f"{job.label} seed {job.seed}"
+                        )
                         raise ExecutionError(
-                            f"a worker process died while training {plan.label} seed {plan.seed} "
+                            f"a worker process died while training {what} "
                             "(killed, or out of memory)",
                             hint="rerun the same command to resume; --workers 1 uses less memory",
                         ) from None
-                    if on_member is not None:
-                        on_member(futures[future], record, False)
+                    if on_member is not None and isinstance(job, MemberPlan):
+                        on_member(job, record, False)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -10,6 +10,12 @@
         probabilities.safetensors       (n, classes) per evaluation split
         representations.safetensors     (probe, d) per named layer
         history.parquet                 one row per evaluated epoch (torch members)
+        attention.safetensors           transformer attention maps of a few probe inputs
+    <run>/backbones/<id>/               one folder per pretrained backbone, DONE written last
+        backbone.json                   spec, status, feature layer, pretraining time
+        weights.safetensors             the backbone network
+        features.safetensors            frozen features (n, d) per split, for probe members
+        history.parquet                 pretraining history
     <run>/tables/members.parquet|.csv   one row per member
     <run>/tables/predictions.parquet    one row per (member, split, instance)
     <run>/tables/history.parquet        one row per (member, epoch)
@@ -37,6 +43,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
 from polyculture.errors import RunStoreError
@@ -140,6 +147,61 @@ def package_versions() -> dict[str, str]:
     }
 
 
+@contextmanager
+def _atomic_folder(final: Path) -> Iterator[Path | None]:
+    """Yield a staging folder beside ``final``; on success write DONE and rename it into place.
+
+    Yields ``None`` when ``final`` is already complete (another process finished it first).
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if (final / DONE).exists():
+        yield None
+        return
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield staging
+        (staging / DONE).write_text("")
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes an owner-only folder
+        if final.exists():
+            if (final / DONE).exists():  # another process finished it meanwhile
+                return
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_ordered(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Save named arrays (if any) with their order in the metadata."""
+    if arrays:
+        save_numpy(
+            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+            str(path),
+            metadata={"order": json.dumps(list(arrays))},
+        )
+
+
+def _load_ordered(path: Path) -> dict[str, np.ndarray]:
+    """Named arrays saved by :func:`_save_ordered`, in their saved order (empty when absent)."""
+    if not path.is_file():
+        return {}
+    arrays = load_numpy(str(path))
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+    order = json.loads(metadata.get("order", "[]")) or sorted(arrays)
+    return {key: arrays[key] for key in order}
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunStoreError(
+            f"{what} has no readable {path.name} ({err})",
+            hint="delete that folder and rerun the study to recompute it",
+        ) from None
+
+
 class RunStore:
     """Read and write one run directory.
 
@@ -173,14 +235,15 @@ class RunStore:
         return (self.member_dir(member_id) / DONE).is_file()
 
     def clean_partial(self) -> int:
-        """Remove temporary member folders a killed run left behind; returns how many."""
-        if not self.members_dir.is_dir():
-            return 0
+        """Remove temporary member and backbone folders a killed run left; returns how many."""
         removed = 0
-        for path in self.members_dir.iterdir():
-            if path.name.startswith(".tmp-") or (path.is_dir() and not (path / DONE).exists()):
-                shutil.rmtree(path, ignore_errors=True)
-                removed += 1
+        for parent in (self.members_dir, self.backbones_dir):
+            if not parent.is_dir():
+                continue
+            for path in parent.iterdir():
+                if path.name.startswith(".tmp-") or (path.is_dir() and not (path / DONE).exists()):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
         return removed
 
     def write_member(
@@ -193,47 +256,81 @@ class RunStore:
         weights: dict[str, torch.Tensor] | None,
         history: pd.DataFrame,
         error_detail: str = "",
+        attention: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Write one member's folder atomically (assembled aside, renamed into place)."""
-        self.members_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{member_id}-", dir=self.members_dir))
-        try:
+        with _atomic_folder(self.member_dir(member_id)) as staging:
+            if staging is None:
+                return
             if weights is not None:
                 save_torch(weights, str(staging / "weights.safetensors"))
             if probabilities:
                 save_numpy(probabilities, str(staging / "probabilities.safetensors"))
-            if representations:
-                save_numpy(
-                    {k: np.ascontiguousarray(v) for k, v in representations.items()},
-                    str(staging / "representations.safetensors"),
-                    metadata={"order": json.dumps(list(representations))},
-                )
+            _save_ordered(representations, staging / "representations.safetensors")
+            _save_ordered(attention or {}, staging / "attention.safetensors")
             if len(history):
                 history.to_parquet(staging / "history.parquet", index=False)
             if error_detail:
                 (staging / "error.txt").write_text(error_detail)
             (staging / "member.json").write_text(json.dumps(record, indent=2, default=float))
-            (staging / DONE).write_text("")
-            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes an owner-only folder
-            final = self.member_dir(member_id)
-            if final.exists():
-                if (final / DONE).exists():  # another process finished it first
-                    return
-                shutil.rmtree(final)
-            os.replace(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+    @property
+    def backbones_dir(self) -> Path:
+        """Folder of the pretrained backbones."""
+        return self.root / "backbones"
+
+    def backbone_dir(self, backbone_id: str) -> Path:
+        """Folder of one backbone."""
+        return self.backbones_dir / backbone_id
+
+    def is_backbone_done(self, backbone_id: str) -> bool:
+        """True when the backbone's folder is complete."""
+        return (self.backbone_dir(backbone_id) / DONE).is_file()
+
+    def write_backbone(
+        self,
+        backbone_id: str,
+        record: dict[str, Any],
+        *,
+        weights: dict[str, torch.Tensor],
+        features: dict[str, np.ndarray],
+        history: pd.DataFrame,
+        error_detail: str = "",
+    ) -> None:
+        """Write one backbone's folder atomically."""
+        with _atomic_folder(self.backbone_dir(backbone_id)) as staging:
+            if staging is None:
+                return
+            if weights:
+                save_torch(weights, str(staging / "weights.safetensors"))
+            _save_ordered(features, staging / "features.safetensors")
+            if len(history):
+                history.to_parquet(staging / "history.parquet", index=False)
+            if error_detail:
+                (staging / "error.txt").write_text(error_detail)
+            (staging / "backbone.json").write_text(json.dumps(record, indent=2, default=float))
+
+    def backbone_record(self, backbone_id: str) -> dict[str, Any]:
+        """The ``backbone.json`` of a finished backbone."""
+        return _read_json(
+            self.backbone_dir(backbone_id) / "backbone.json", f"backbone '{backbone_id}'"
+        )
+
+    def backbone_weights(self, backbone_id: str) -> dict[str, torch.Tensor]:
+        """The backbone network's state dict."""
+        return load_torch(str(self.backbone_dir(backbone_id) / "weights.safetensors"))
+
+    def backbone_features(self, backbone_id: str) -> dict[str, np.ndarray]:
+        """Frozen features ``(n, d)`` per split."""
+        return _load_ordered(self.backbone_dir(backbone_id) / "features.safetensors")
+
+    def attention(self, member_id: str) -> dict[str, np.ndarray]:
+        """Attention maps of probe inputs (transformer members), else empty."""
+        return self._arrays(member_id, "attention.safetensors")
 
     def member_record(self, member_id: str) -> dict[str, Any]:
         """The ``member.json`` of a finished member."""
-        path = self.member_dir(member_id) / "member.json"
-        try:
-            return dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise RunStoreError(
-                f"member '{member_id}' has no readable member.json ({err})",
-                hint="delete that member folder and rerun the study to retrain it",
-            ) from None
+        return _read_json(self.member_dir(member_id) / "member.json", f"member '{member_id}'")
 
     def probabilities(self, member_id: str) -> dict[str, np.ndarray]:
         """Class probabilities ``(n, classes)`` per evaluation split."""
@@ -249,14 +346,7 @@ class RunStore:
         return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
 
     def _arrays(self, member_id: str, name: str) -> dict[str, np.ndarray]:
-        path = self.member_dir(member_id) / name
-        if not path.is_file():
-            return {}
-        arrays = load_numpy(str(path))
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-        order = json.loads(metadata.get("order", "[]")) or sorted(arrays)
-        return {key: arrays[key] for key in order}
+        return _load_ordered(self.member_dir(member_id) / name)
 
     def table(self, name: str) -> pd.DataFrame:
         """A table of ``tables/`` by name (``members``, ``predictions``, ``history``)."""

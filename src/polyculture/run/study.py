@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -36,6 +36,48 @@ MEMBER_SCHEMA = 1
 """Bumped when the meaning of a member id changes (e.g. what is stored per member)."""
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class BackboneSpec(BaseModel):
+    """One ``[[backbones]]`` entry: a backbone trained (or loaded) once and shared by members.
+
+    Attributes
+    ----------
+    name
+        How zoo entries refer to it (``backbone = "simclr"``).
+    family, params
+        The zoo family and knobs of the backbone network.
+    method
+        ``contrastive``: self-supervised on the task's unlabeled training inputs (see
+        :mod:`polyculture.train.pretrain`); ``supervised``: trained on a source task (``source``,
+        default the study's own task) with ``train`` overrides; ``pretrained``: the family's weights
+        as built, e.g. the published weights of ``minilm`` (nothing is trained).
+    pretrain
+        Settings of contrastive pretraining (``PretrainSpec`` fields).
+    train
+        Overrides of the study's ``[train]`` table for supervised pretraining.
+    source
+        Source task of supervised pretraining (a ``[data]``-like table).
+    seed
+        Seed of the backbone's initialisation and pretraining.
+    layer
+        Representation used as the features (default: the last one before the output).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    family: str
+    params: dict[str, Any] = {}
+    method: Literal["contrastive", "supervised", "pretrained"]
+    pretrain: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    source: DataSpec | None = None
+    seed: int = Field(0, ge=0, lt=2**32)
+    layer: str | None = None
+
+
 class ZooEntry(BaseModel):
     """One ``[[zoo]]`` entry: a family, its knobs, an optional grid and training overrides.
 
@@ -43,6 +85,11 @@ class ZooEntry(BaseModel):
     ``mlp(width=64)``); two entries whose models would share a name must set one.
     ``grid`` maps knob names to lists of values; the entry expands to their cartesian product.
     ``train`` overrides keys of the study's ``[train]`` table for this entry only.
+    ``backbone`` names a ``[[backbones]]`` entry: the family is then a head on the backbone's
+    features, adapted by ``probe`` (frozen features, cached once per backbone) or ``finetune``
+    (backbone and head trained together; ``finetune_layers`` = how many of the backbone's last
+    blocks train, default all). ``seeds`` replaces the study's seeds for this entry; ``shards``
+    trains one member per disjoint, seeded, stratified shard of the training data.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -52,6 +99,11 @@ class ZooEntry(BaseModel):
     params: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
     train: dict[str, Any] = {}
+    backbone: str | None = None
+    adapt: Literal["probe", "finetune"] = "probe"
+    finetune_layers: int | None = Field(None, ge=1)
+    seeds: list[int] | None = Field(None, min_length=1)
+    shards: int | None = Field(None, ge=2)
 
     @field_validator("grid")
     @classmethod
@@ -61,17 +113,44 @@ class ZooEntry(BaseModel):
                 raise ValueError(f"grid '{knob}' has no values")
         return grid
 
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        return None if seeds is None else _check_seeds(seeds)
+
+
+class EcosystemSpec(BaseModel):
+    """One ``[[ecosystems]]`` entry: a named set of models compared as a deployed ecosystem.
+
+    ``models`` lists display names of zoo models (every seed and shard of each belongs to the
+    ecosystem). The analysis reports, per ecosystem, the systemic-failure ratio, the mean error
+    consistency and the mean CKA of the members' final representations, with intervals, and
+    compares the ecosystems pairwise on the same test instances.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    models: list[str] = Field(min_length=1)
+    description: str = ""
+
 
 class EvaluateSpec(BaseModel):
     """How members are evaluated.
 
     ``probe_size``: representations are stored for the first ``probe_size`` test instances.
+    ``robust_epsilon``: L-infinity radius of the PGD attack behind every torch member's robust
+    accuracy, in units of the standard deviation of the (embedded) training inputs; ``0``
+    disables it. ``robust_steps`` PGD steps on the first ``robust_size`` test instances.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     probe_size: int = Field(1000, ge=2)
     bootstrap_seed: int = 0
+    robust_epsilon: float = Field(0.1, ge=0.0)
+    robust_steps: int = Field(10, ge=1)
+    robust_size: int = Field(500, ge=1)
 
 
 class ExecutionSpec(BaseModel):
@@ -106,23 +185,40 @@ class Study(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
     data: DataSpec
     train: TrainSpec = TrainSpec()
+    backbones: list[BackboneSpec] = []
     zoo: list[ZooEntry] = Field(min_length=1)
+    ecosystems: list[EcosystemSpec] = []
     evaluate: EvaluateSpec = EvaluateSpec()
     execution: ExecutionSpec = ExecutionSpec()
 
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError("seeds must be distinct")
-        if any(not 0 <= seed < 2**32 for seed in seeds):
-            raise ValueError("seeds must lie in [0, 2**32)")
-        return seeds
+        return _check_seeds(seeds)
+
+
+def _check_seeds(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must be distinct")
+    if any(not 0 <= seed < 2**32 for seed in seeds):
+        raise ValueError("seeds must lie in [0, 2**32)")
+    return seeds
+
+
+@dataclass(frozen=True)
+class BackbonePlan:
+    """One backbone to pretrain (or load): its spec, validated settings and id."""
+
+    backbone_id: str
+    spec: BackboneSpec
+    model: ModelSpec
+    train: TrainSpec | None
+    """Training settings of supervised pretraining (``None`` for the other methods)."""
 
 
 @dataclass(frozen=True)
@@ -136,9 +232,21 @@ class MemberPlan:
     kind: str
     label: str
     """Display name of the model (without the seed), shared by its seeds."""
+    backbone: BackbonePlan | None = None
+    adapt: str = "probe"
+    finetune_layers: int | None = None
+    shard: tuple[int, int] | None = None
+    """``(index, count)``: the member trains on shard ``index`` of ``count`` of the train split."""
 
 
-BUILTIN_STUDIES = ("mnist1d", "fashion-mnist", "seed-recipe")
+BUILTIN_STUDIES = (
+    "mnist1d",
+    "fashion-mnist",
+    "seed-recipe",
+    "sharing",
+    "phrasebank",
+    "banking77",
+)
 
 
 def builtin_study_text(name: str) -> str:
@@ -259,8 +367,12 @@ def _parse_value(text: str) -> Any:
 
 def resolved_train(study: Study, entry: ZooEntry) -> TrainSpec:
     """The study's ``[train]`` with the entry's overrides applied (nested tables merged)."""
-    merged = study.train.model_dump()
-    for key, value in entry.train.items():
+    return _merged_train(study.train, entry.train, f"zoo '{entry.family}' train.")
+
+
+def _merged_train(base: TrainSpec, overrides: dict[str, Any], where: str) -> TrainSpec:
+    merged = base.model_dump()
+    for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         else:
@@ -268,26 +380,113 @@ def resolved_train(study: Study, entry: ZooEntry) -> TrainSpec:
     try:
         return TrainSpec.model_validate(merged)
     except ValidationError as err:
-        raise as_config_error(err, TrainSpec, f"zoo '{entry.family}' train.") from None
+        raise as_config_error(err, TrainSpec, where) from None
+
+
+def _data_key(study: Study, data: DataSpec | None = None) -> str:
+    """Hash of a validated data spec (the member ids' data key before the task is built)."""
+    data = study.data if data is None else data
+    builder = DATASETS.get(data.name)
+    options = validate_options(builder, data.options).model_dump(mode="json")
+    return stable_hash(data.model_dump(mode="json") | {"options": options})
+
+
+def expand_backbones(study: Study, data_key: str | None = None) -> dict[str, BackbonePlan]:
+    """The study's backbones by name, validated, with stable ids.
+
+    A backbone id hashes the data it learns from (the task, or the source task of supervised
+    pretraining), its family and knobs, the method and its settings, and the seed.
+    """
+    data_key = _data_key(study) if data_key is None else data_key
+    modality = DATASETS.get(study.data.name).modality
+    plans: dict[str, BackbonePlan] = {}
+    for spec in study.backbones:
+        if spec.name in plans:
+            raise ConfigError(
+                f"two backbones are named '{spec.name}'", hint="give each backbone its own name"
+            )
+        model = ModelSpec(family=spec.family, params=spec.params)
+        source_modality = (
+            modality if spec.source is None else DATASETS.get(spec.source.name).modality
+        )
+        if source_modality != modality:
+            raise ConfigError(
+                f"backbone '{spec.name}': its source task is {source_modality} data but the "
+                f"study's task is {modality}",
+                hint="pretrain on a source task of the same modality",
+            )
+        if FAMILIES.get(spec.family).kind != "torch":
+            raise ConfigError(
+                f"backbone '{spec.name}' uses '{spec.family}', a scikit-learn family",
+                hint="a backbone must be a torch family (cnn, gru, transformer, minilm, ...)",
+            )
+        knobs = resolve_knobs(model, modality)  # type: ignore[arg-type]
+        settings: dict[str, Any] = {}
+        train: TrainSpec | None = None
+        if spec.method == "contrastive":
+            # Imported here: only studies with contrastive backbones need the pretraining module.
+            from polyculture.train.pretrain import PretrainSpec
+
+            try:
+                pretrain = PretrainSpec.model_validate(spec.pretrain)
+            except ValidationError as err:
+                raise as_config_error(
+                    err, PretrainSpec, f"backbone '{spec.name}' pretrain."
+                ) from None
+            settings = pretrain.model_dump(mode="json")
+        elif spec.pretrain:
+            raise ConfigError(
+                f"backbone '{spec.name}': 'pretrain' settings apply to method 'contrastive' only",
+                hint="remove the pretrain table or set method = 'contrastive'",
+            )
+        if spec.method == "supervised":
+            train = _merged_train(study.train, spec.train, f"backbone '{spec.name}' train.")
+            settings = train.model_dump(mode="json")
+        elif spec.train:
+            raise ConfigError(
+                f"backbone '{spec.name}': 'train' settings apply to method 'supervised' only",
+                hint="remove the train table or set method = 'supervised'",
+            )
+        if spec.source is not None and spec.method != "supervised":
+            raise ConfigError(
+                f"backbone '{spec.name}': a source task applies to method 'supervised' only",
+                hint="remove source or set method = 'supervised'",
+            )
+        source_key = data_key if spec.source is None else _data_key(study, spec.source)
+        backbone_id = stable_hash(
+            {
+                "schema": MEMBER_SCHEMA,
+                "data": source_key,
+                "model": {"family": spec.family, "params": knobs.model_dump(mode="json")},
+                "method": spec.method,
+                "settings": settings,
+                "seed": spec.seed,
+                "layer": spec.layer,
+            }
+        )
+        plans[spec.name] = BackbonePlan(backbone_id, spec, model, train)
+    return plans
 
 
 def expand(study: Study, data_key: str | None = None) -> list[MemberPlan]:
-    """All members of a study: entries x grid points x seeds, validated, with stable ids.
+    """All members of a study: entries x grid points x shards x seeds, validated, with stable ids.
 
     The member id hashes the data (``data_key``: the task's fingerprint once the task is built,
     else the validated data spec), the validated knob values, the training spec (torch members
-    only), the seed and the evaluation settings: a change to any of them makes a new member, and
-    spelling out a default knob value does not.
+    only), the seed and the evaluation settings, and where set the backbone (its id and how it is
+    adapted) and the shard: a change to any of them makes a new member, and spelling out a default
+    knob value does not.
     """
     builder = DATASETS.get(study.data.name)
-    if data_key is None:
-        options = validate_options(builder, study.data.options).model_dump(mode="json")
-        data_key = stable_hash(study.data.model_dump(mode="json") | {"options": options})
+    data_key = _data_key(study) if data_key is None else data_key
+    backbones = expand_backbones(study, data_key)
     evaluate_key = study.evaluate.model_dump(mode="json")
     plans: list[MemberPlan] = []
     owners: dict[str, int] = {}  # display name -> index of the zoo entry that uses it
     for index, entry in enumerate(study.zoo):
         family = FAMILIES.get(entry.family)
+        backbone = _entry_backbone(entry, backbones, family.kind)
+        modality = "tabular" if backbone is not None else builder.modality
         train = resolved_train(study, entry)
         train_key = train.model_dump(mode="json") if family.kind == "torch" else None
         grid_keys = list(entry.grid)
@@ -296,19 +495,20 @@ def expand(study: Study, data_key: str | None = None) -> list[MemberPlan]:
                 family=entry.family,
                 params={**entry.params, **dict(zip(grid_keys, values, strict=True))},
             )
-            knobs = resolve_knobs(model, builder.modality)  # type: ignore[arg-type]
-            label = model.label() if entry.name is None else entry.name
-            if len(entry.grid) and entry.name is not None:
-                label = f"{entry.name}{model.label().removeprefix(model.family)}"
+            knobs = resolve_knobs(model, modality)  # type: ignore[arg-type]
+            label = _label(entry, model)
             if owners.setdefault(label, index) != index:
                 raise ConfigError(
                     f"zoo entries {owners[label]} and {index} both make models named '{label}'",
                     hint="give one of them a distinct name = '...'",
                 )
             model_key = {"family": model.family, "params": knobs.model_dump(mode="json")}
-            for seed in study.seeds:
-                member_id = stable_hash(
-                    {
+            shards = (
+                [None] if entry.shards is None else [(i, entry.shards) for i in range(entry.shards)]
+            )
+            for shard in shards:
+                for seed in entry.seeds or study.seeds:
+                    identity: dict[str, Any] = {
                         "schema": MEMBER_SCHEMA,
                         "data": data_key,
                         "model": model_key,
@@ -316,12 +516,97 @@ def expand(study: Study, data_key: str | None = None) -> list[MemberPlan]:
                         "seed": seed,
                         "evaluate": evaluate_key,
                     }
-                )
-                plans.append(MemberPlan(member_id, model, train, seed, family.kind, label))
+                    # Keys only where set, so that members without them keep their ids.
+                    if backbone is not None:
+                        identity["backbone"] = {
+                            "id": backbone.backbone_id,
+                            "adapt": entry.adapt,
+                            "finetune_layers": entry.finetune_layers,
+                        }
+                    if shard is not None:
+                        identity["shard"] = list(shard)
+                    plans.append(
+                        MemberPlan(
+                            stable_hash(identity),
+                            model,
+                            train,
+                            seed,
+                            family.kind,
+                            label,
+                            backbone,
+                            entry.adapt,
+                            entry.finetune_layers,
+                            shard,
+                        )
+                    )
     ids = [p.member_id for p in plans]
     if len(set(ids)) != len(ids):
         raise ConfigError(
             "the zoo lists the same model twice (same family, knob values and training)",
             hint="remove the repeated entry",
         )
+    _check_ecosystems(study, plans)
     return plans
+
+
+def _label(entry: ZooEntry, model: ModelSpec) -> str:
+    """Display name: the entry's name (with grid knobs) or the family and knobs (and backbone)."""
+    if entry.name is None:
+        label = model.label()
+        if entry.backbone is not None:
+            label += f"@{entry.backbone}" + ("-finetune" if entry.adapt == "finetune" else "")
+        return label
+    if entry.grid:
+        return f"{entry.name}{model.label().removeprefix(model.family)}"
+    return entry.name
+
+
+def _entry_backbone(
+    entry: ZooEntry, backbones: dict[str, BackbonePlan], kind: str
+) -> BackbonePlan | None:
+    """The backbone an entry adapts (checked), or ``None``."""
+    if entry.backbone is None:
+        if entry.adapt != "probe" or entry.finetune_layers is not None:
+            raise ConfigError(
+                f"zoo entry '{entry.name or entry.family}' sets adapt/finetune_layers without a "
+                "backbone",
+                hint="add backbone = '<name of a [[backbones]] entry>' or remove them",
+            )
+        return None
+    if entry.backbone not in backbones:
+        known = ", ".join(backbones) or "(none: add a [[backbones]] table)"
+        raise ConfigError(
+            f"zoo entry '{entry.name or entry.family}' names backbone '{entry.backbone}', "
+            "which the study does not define",
+            hint=f"backbones defined: {known}",
+        )
+    if entry.adapt == "finetune" and kind != "torch":
+        raise ConfigError(
+            f"zoo entry '{entry.name or entry.family}': fine-tuning needs a torch head, "
+            f"'{entry.family}' is a scikit-learn family",
+            hint="use adapt = 'probe' for it, or a torch head such as linear or mlp",
+        )
+    if entry.finetune_layers is not None and entry.adapt != "finetune":
+        raise ConfigError(
+            f"zoo entry '{entry.name or entry.family}': finetune_layers needs adapt = 'finetune'",
+            hint="set adapt = 'finetune' or remove finetune_layers",
+        )
+    return backbones[entry.backbone]
+
+
+def _check_ecosystems(study: Study, plans: list[MemberPlan]) -> None:
+    labels = list(dict.fromkeys(plan.label for plan in plans))
+    names: set[str] = set()
+    for ecosystem in study.ecosystems:
+        if ecosystem.name in names:
+            raise ConfigError(
+                f"two ecosystems are named '{ecosystem.name}'", hint="give each its own name"
+            )
+        names.add(ecosystem.name)
+        for model in ecosystem.models:
+            if model not in labels:
+                raise ConfigError(
+                    f"ecosystem '{ecosystem.name}' lists model '{model}', which the zoo does not "
+                    "make",
+                    hint=unknown_key_hint(model, labels),
+                )

@@ -1,8 +1,9 @@
 """The one training loop for every torch family.
 
-Seeded and deterministic on CPU: model initialisation uses ``torch.manual_seed(seed)``, batch order
-and augmentation draw from one ``torch.Generator`` seeded the same way. The loss is checked once per
-epoch (no per-step host sync); a non-finite loss marks the member as failed with the reason.
+Seeded and deterministic on CPU: model initialisation uses ``torch.manual_seed(seed)``; batch order,
+augmentation and the random starts of PGD adversarial training draw from one ``torch.Generator``
+seeded the same way. The loss is checked once per epoch (no per-step host sync); a non-finite loss
+marks the member as failed with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from torch import nn
 
 from polyculture.data.augment import perturb
 from polyculture.data.task import Modality, Split
-from polyculture.train.spec import TrainSpec
+from polyculture.errors import ConfigError
+from polyculture.train.adversarial import fgsm, input_scale, pgd
+from polyculture.train.spec import AdversarialSpec, TrainSpec
+from polyculture.zoo.base import ZooModel
+
+SCALE_ROWS = 2048
+"""Training rows (evenly spaced) on which adversarial training measures the input scale."""
 
 
 class DivergenceError(Exception):
@@ -109,9 +116,12 @@ def fit(
     modality
         Decides which augmentations apply.
     spec
-        Training settings.
+        Training settings. With ``spec.adversarial`` each (augmented) batch is attacked (FGSM or
+        PGD, see :mod:`polyculture.train.adversarial`) with radii scaled by the input scale of the
+        training split, measured once before training, and the loss mixes clean and adversarial
+        cross-entropy by ``spec.adversarial.weight``.
     seed
-        Seeds batch order and augmentation.
+        Seeds batch order, augmentation and PGD random starts.
     device
         Where to train; the model is moved there.
     on_epoch
@@ -126,6 +136,8 @@ def fit(
     ------
     DivergenceError
         When the training loss becomes NaN or infinite.
+    ConfigError
+        Adversarial training of a model that is not a :class:`~polyculture.zoo.base.ZooModel`.
 
     Examples
     --------
@@ -152,6 +164,9 @@ def fit(
     scheduler = _schedule(optimizer, spec, total_steps)
     generator = torch.Generator().manual_seed(seed)
     augment = not spec.augment.is_identity()
+    adversarial_loss = None
+    if spec.adversarial is not None:
+        adversarial_loss = _adversarial_objective(model, x_train, spec.adversarial, generator)
 
     rows: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
@@ -166,7 +181,10 @@ def fit(
             xb, yb = x_train[rows_idx], y_train[rows_idx]  # (b, *input_shape), (b,)
             if augment:
                 xb = perturb(xb, modality, spec.augment, generator)
-            loss = F.cross_entropy(model(xb), yb)
+            if adversarial_loss is None:
+                loss = F.cross_entropy(model(xb), yb)
+            else:
+                loss = adversarial_loss(xb, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if spec.grad_clip is not None:
@@ -212,6 +230,36 @@ def fit(
     return TrainOutcome(
         _history(rows), step, best_epoch, stopped_early, time.perf_counter() - started
     )
+
+
+def _adversarial_objective(
+    model: nn.Module, x_train: torch.Tensor, spec: AdversarialSpec, generator: torch.Generator
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of one batch under adversarial training: ``(xb, yb) -> loss``.
+
+    The absolute radius unit is measured once, on evenly spaced training rows, before training.
+    The loss is ``(1 - w) * clean CE + w * adversarial CE``, without a clean pass when ``w`` is 1.
+    """
+    if not isinstance(model, ZooModel):
+        raise ConfigError(
+            f"adversarial training needs a zoo model, got {type(model).__name__}",
+            hint="build the model with polyculture.zoo.create_model or drop train.adversarial",
+        )
+    rows = torch.linspace(0, len(x_train) - 1, min(len(x_train), SCALE_ROWS)).long()
+    scale = input_scale(model, x_train[rows.to(x_train.device)])
+    epsilon, step_size = spec.epsilon * scale, spec.resolved_step_size() * scale
+
+    def loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if spec.method == "fgsm":
+            embedded = fgsm(model, xb, yb, epsilon)
+        else:
+            embedded = pgd(model, xb, yb, epsilon, spec.steps, step_size, generator)
+        value = spec.weight * F.cross_entropy(model.forward_embedded(embedded, xb), yb)
+        if spec.weight < 1.0:
+            value = value + (1.0 - spec.weight) * F.cross_entropy(model(xb), yb)
+        return value
+
+    return loss
 
 
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"]

@@ -8,6 +8,8 @@ extracts the named representations of the probe set. A member that diverges come
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable
@@ -17,10 +19,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from polyculture.data.builders import stratified_shards
 from polyculture.data.task import Task
+from polyculture.errors import ConfigError
+from polyculture.train.adversarial import input_scale, robust_accuracy
+from polyculture.train.backbone import AdaptedModel
 from polyculture.train.loop import DivergenceError, EpochCallback, fit
 from polyculture.train.spec import TrainSpec
 from polyculture.zoo.base import (
+    FAMILIES,
     ClassicalModel,
     ModelSpec,
     ZooModel,
@@ -61,6 +68,9 @@ class MemberResult:
     weights: dict[str, torch.Tensor] | None = None
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     error_detail: str = ""
+    robust_accuracy: float = float("nan")
+    robust_clean_accuracy: float = float("nan")
+    robust_note: str = ""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +110,47 @@ def _flat(x: torch.Tensor) -> np.ndarray:
     return x.reshape(len(x), -1).numpy()
 
 
+@dataclass(frozen=True)
+class RobustnessCheck:
+    """PGD robust accuracy measured for a member on the first ``size`` test instances.
+
+    ``epsilon`` is relative to the standard deviation of the (embedded) training inputs, as in
+    :func:`polyculture.train.adversarial.robust_accuracy`.
+    """
+
+    epsilon: float
+    steps: int = 10
+    size: int = 500
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """How a member adapts a pretrained backbone by fine-tuning (see :mod:`.backbone`).
+
+    ``backbone`` is the loaded pretrained network (each member fine-tunes its own copy), ``layer``
+    its feature layer, ``finetune_layers`` how many of its last blocks train (``None``: all).
+    """
+
+    backbone: ZooModel
+    layer: str
+    finetune_layers: int | None = None
+
+
+def shard_task(task: Task, shard: tuple[int, int]) -> Task:
+    """The task with its training split cut to shard ``index`` of ``count`` (stratified).
+
+    Examples
+    --------
+    >>> from polyculture.data import DataSpec, build_task
+    >>> task = build_task(DataSpec(name="digits"))
+    >>> len(shard_task(task, (0, 4)).train) * 4 - len(task.train) in range(0, 4)
+    True
+    """
+    index, count = shard
+    rows = stratified_shards(task.train.y.numpy(), count)[index]
+    return dataclasses.replace(task, train=task.train.subset(torch.from_numpy(rows)))
+
+
 def train_member(
     task: Task,
     model_spec: ModelSpec,
@@ -109,6 +160,10 @@ def train_member(
     probe_size: int = 1000,
     device: str = "auto",
     on_epoch: EpochCallback | None = None,
+    shard: tuple[int, int] | None = None,
+    input_representation: str | None = None,
+    adaptation: Adaptation | None = None,
+    robustness: RobustnessCheck | None = None,
 ) -> MemberResult:
     """Train and evaluate one member.
 
@@ -124,6 +179,17 @@ def train_member(
         ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
     on_epoch
         Called with each history row of a torch member.
+    shard
+        ``(index, count)``: train on one disjoint stratified shard of the training split.
+    input_representation
+        When the inputs are a frozen backbone's features (a probe), the name under which they
+        lead the member's representations (e.g. ``backbone.hidden``).
+    adaptation
+        Fine-tune this backbone with ``model_spec`` as the head on its features.
+    robustness
+        Measure PGD robust accuracy of torch members that read the task's own inputs (not
+        frozen-feature probes, whose attack would skip the backbone, and not fine-tuned text
+        members); others get ``robust_note`` saying why not.
 
     Returns
     -------
@@ -139,14 +205,23 @@ def train_member(
     ('ok', (450, 10))
     """
     started = time.perf_counter()
+    if adaptation is None:
+        prepare = FAMILIES.get(model_spec.family).prepare
+        task = task if prepare is None else prepare(task)
+    if shard is not None:
+        task = shard_task(task, shard)
     torch.manual_seed(seed)
-    model = create_model(model_spec, task.input_shape, task.num_classes, task.modality)
+    model = _member_model(task, model_spec, adaptation)
     probe = task.test.x[:probe_size]
     try:
         if isinstance(model, ClassicalModel):
             result = _train_classical(model, task, seed, probe)
         else:
             result = _train_torch(model, task, train_spec, seed, probe, device, on_epoch)
+        if input_representation is not None:
+            result.representations = {input_representation: _flat(probe)} | result.representations
+        if robustness is not None and result.status == "ok":
+            _check_robustness(result, model, task, robustness, seed, device, input_representation)
     except DivergenceError as err:
         result = MemberResult(status="failed", reason=str(err), history=err.history)
     except (RuntimeError, ValueError, FloatingPointError) as err:
@@ -165,6 +240,59 @@ def train_member(
         result.n_parameters = count_parameters(model)
     result.train_seconds = time.perf_counter() - started
     return result
+
+
+def _check_robustness(
+    result: MemberResult,
+    model: ZooModel | ClassicalModel,
+    task: Task,
+    check: RobustnessCheck,
+    seed: int,
+    device_name: str,
+    input_representation: str | None,
+) -> None:
+    """Fill ``result.robust_*``: PGD accuracy, or the reason the member is not attacked."""
+    if isinstance(model, ClassicalModel):
+        result.robust_note = "not differentiable (scikit-learn)"
+    elif input_representation is not None:
+        result.robust_note = "frozen-feature probe: an attack on its inputs skips the backbone"
+    elif isinstance(model, AdaptedModel) and task.modality == "text":
+        result.robust_note = "fine-tuned text backbone: no embedding-space attack path"
+    else:
+        device = resolve_device(device_name)
+        scale = input_scale(model.to(device), task.train.x[:2048].to(device))
+        rows = torch.arange(min(check.size, len(task.test)))
+        clean, robust = robust_accuracy(
+            model,
+            task.test.subset(rows),
+            check.epsilon,
+            check.steps,
+            device=device,
+            seed=seed,
+            scale=scale,
+        )
+        result.robust_clean_accuracy, result.robust_accuracy = clean, robust
+
+
+def _member_model(
+    task: Task, model_spec: ModelSpec, adaptation: Adaptation | None
+) -> ZooModel | ClassicalModel:
+    vocab_size = len(task.vocabulary)
+    if adaptation is None:
+        return create_model(
+            model_spec, task.input_shape, task.num_classes, task.modality, vocab_size=vocab_size
+        )
+    backbone = copy.deepcopy(adaptation.backbone)
+    with torch.no_grad():
+        backbone.eval()
+        width = backbone.representations(task.train.x[:2])[adaptation.layer].shape[1]
+    head = create_model(model_spec, (width,), task.num_classes, "tabular")
+    if not isinstance(head, ZooModel):
+        raise ConfigError(
+            f"fine-tuning needs a torch head, '{model_spec.family}' is a scikit-learn family",
+            hint="use adapt = 'probe' for it",
+        )
+    return AdaptedModel(backbone, adaptation.layer, head, adaptation.finetune_layers)
 
 
 def _train_torch(
