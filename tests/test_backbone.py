@@ -56,6 +56,11 @@ def sharing_study(**changes: Any) -> dict[str, Any]:
             {"name": "scratch-linear", "family": "linear"},
             {"name": "scratch-logreg", "family": "logreg", "params": {"max_iter": 200}},
             {"name": "shards", "family": "logreg", "params": {"max_iter": 200}, "shards": 3},
+            {
+                "name": "attn",
+                "family": "transformer",
+                "params": {"width": 16, "depth": 1, "heads": 2, "patch": 4},
+            },
         ],
         ecosystems=[
             {"name": "shared", "models": ["probe-logreg", "probe-linear", "tuned"]},
@@ -227,3 +232,14 @@ def test_member_ids_change_with_backbone_and_shard_but_not_for_plain_members() -
     moved = {p.label: p.member_id for p in expand(load_study(sharing_study(backbones=[other])))}
     assert moved["probe-linear"] != shared["probe-linear"]
     assert moved["scratch-linear"] == shared["scratch-linear"]
+
+
+def test_transformer_attention_maps_are_stored_and_shown(sharing_run: Path) -> None:
+    store = RunStore(sharing_run)
+    members = pd.read_parquet(sharing_run / "tables" / "members.parquet").set_index("name")
+    maps = store.attention(members.loc["attn", "member_id"])["maps"]
+    assert maps.shape == (8, 1, 2, 5, 5)  # 8 probes, 1 block, 2 heads, [CLS] + 4 patches
+    np.testing.assert_allclose(maps.sum(axis=-1), 1.0, atol=1e-5)
+    assert store.attention(members.loc["scratch-mlp", "member_id"]) == {}
+    page = (sharing_run / "report.html").read_text()
+    assert 'id="attention"' in page

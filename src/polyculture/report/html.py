@@ -630,6 +630,51 @@ def _adversarial(results: RunResults, csv: _Csv) -> Section | None:
     return section
 
 
+def _attention(results: RunResults, labels: dict[str, str]) -> Section | None:
+    members = results.members
+    ok = members[members["status"] == "ok"].drop_duplicates("name")
+    section = Section("attention", "Attention on probe inputs")
+    for member_id in ok["member_id"].astype(str):
+        stored = results.store.attention(member_id)
+        if "maps" in stored:
+            maps = stored["maps"]  # (n, depth, heads, T, T)
+            # Each block's [CLS] row, mean over heads: where the classifier token looks.
+            cls = maps[:, :, :, 0, 1:].mean(axis=2)  # (n, depth, T-1)
+            matrix = cls[:, -1]  # last block, (n, T-1)
+            what = "the [CLS] token's attention in the last block (mean over heads)"
+        elif "pooling" in stored:
+            matrix = stored["pooling"]  # (n, positions)
+            what = "the attention-pooling weights"
+        else:
+            continue
+        title = f"{labels[member_id]}: {what}"
+        section.figures.append(
+            FigureView(
+                figures.heatmap(
+                    matrix,
+                    [f"probe {i}" for i in range(len(matrix))],
+                    [str(j) for j in range(matrix.shape[1])],
+                    title=figures.short(labels[member_id], 40),
+                    colorbar="attention weight",
+                    key=f"attention-{member_id}",
+                    vmax=float(np.nanmax(matrix)) or 1.0,
+                    xlabel="input position (token / patch)",
+                ),
+                f"Heatmap of {what} for {len(matrix)} probe inputs of {labels[member_id]}",
+                title + "; rows are the first test instances.",
+            )
+        )
+    if not section.figures:
+        return None
+    section.intro.append(
+        "Where attention goes on the first test instances (one member per model): for "
+        "transformers the [CLS] token's weights over the input tokens or patches, for CNN/RNN "
+        "members with attention pooling the pooling weights over positions. Full maps: "
+        "members/<id>/attention.safetensors."
+    )
+    return section
+
+
 def _similarity(
     results: RunResults, labels: dict[str, str], csv: _Csv
 ) -> tuple[Section | None, list[str]]:
@@ -1131,6 +1176,7 @@ def build_report(run_dir: str | Path) -> Path:
         _calibration(results, csv),
         _robustness(results, csv),
         _adversarial(results, csv),
+        _attention(results, labels),
         similarity,
         _agreement(results, labels, order, csv),
         _failures(results, csv),

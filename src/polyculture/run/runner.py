@@ -355,6 +355,7 @@ def train_and_store(
         weights=result.weights,
         history=result.history,
         error_detail=result.error_detail,
+        attention=result.attention,
     )
     if len(result.history) or result.representations:
         # The display name is user text: keep only characters that are safe in a folder name.

@@ -8,6 +8,7 @@ extracts the named representations of the probe set. A member that diverges come
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -68,6 +69,7 @@ class MemberResult:
     weights: dict[str, torch.Tensor] | None = None
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     error_detail: str = ""
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
     robust_accuracy: float = float("nan")
     robust_clean_accuracy: float = float("nan")
     robust_note: str = ""
@@ -295,6 +297,29 @@ def _member_model(
     return AdaptedModel(backbone, adaptation.layer, head, adaptation.finetune_layers)
 
 
+ATTENTION_PROBES = 8
+"""Probe inputs whose attention maps are stored (the maps grow with tokens squared)."""
+
+
+@torch.no_grad()
+def attention_of(model: ZooModel, x: torch.Tensor, device: torch.device) -> dict[str, np.ndarray]:
+    """Attention of a trained model on ``x``: transformer maps, attention-pooling weights.
+
+    ``maps``: ``(n, depth, heads, tokens, tokens)`` for models with ``attention_maps``;
+    ``pooling``: ``(n, positions)`` for models that pool with attention. Empty otherwise.
+    """
+    found: dict[str, np.ndarray] = {}
+    x = x.to(device)
+    maps = getattr(model, "attention_maps", None)
+    if callable(maps):
+        found["maps"] = maps(x).float().cpu().numpy()
+    weights = getattr(model, "attention_weights", None)
+    if callable(weights):
+        with contextlib.suppress(ConfigError):  # raised when the model pools another way
+            found["pooling"] = weights(x).float().cpu().numpy()
+    return found
+
+
 def _train_torch(
     model: ZooModel,
     task: Task,
@@ -311,6 +336,7 @@ def _train_torch(
     }
     return MemberResult(
         status="ok",
+        attention=attention_of(model, probe[:ATTENTION_PROBES], device),
         n_parameters=count_parameters(model),
         steps=outcome.steps,
         best_epoch=outcome.best_epoch,

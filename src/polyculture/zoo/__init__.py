@@ -10,6 +10,7 @@ from polyculture.zoo import (  # noqa: F401
     cnn,
     linear,
     mlp,
+    pretrained,
     rnn,
     seed_cnn,
     transformer,
