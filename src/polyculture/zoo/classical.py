@@ -1,30 +1,36 @@
-"""Classical (scikit-learn) families: ``logreg``, ``random_forest`` and ``knn``.
+"""Classical (scikit-learn) families: ``logreg``, ``random_forest``, ``knn`` and ``tfidf_logreg``.
 
-All three are one wrapper, :class:`SklearnModel`, over a scikit-learn estimator. Inputs of any
+All are one wrapper, :class:`SklearnModel`, over a scikit-learn estimator. Inputs of any
 modality are flattened to ``(n, d)``. Probabilities always have one column per class of the task,
 in class-index order, even when a class is absent from the training labels (its column is 0).
+
+``tfidf_logreg`` is the classical text baseline: the token ids of each text (right-padded with
+``PAD_ID``) become counts of their n-grams (:class:`NgramCounts`, unigrams and bigrams of
+consecutive tokens by default), weighted by sublinear TF-IDF, then a logistic regression.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import Field, PositiveInt
-from sklearn.base import ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from polyculture.data.task import Modality
-from polyculture.errors import DataError
+from polyculture.data.task import PAD_ID, UNKNOWN_ID, Modality
+from polyculture.errors import ConfigError, DataError
 from polyculture.zoo.base import ClassicalModel, Knobs, family
-from polyculture.zoo.common import check_input_shape
+from polyculture.zoo.common import StableKnobs, check_input_shape
 
 #: How far below a row's smallest score an absent class's logit is put (softmax weight ~2e-9).
 ABSENT_CLASS_MARGIN = 20.0
@@ -172,11 +178,17 @@ class SklearnModel(ClassicalModel):
         return self.count(self.estimator)
 
 
-class LogRegKnobs(Knobs):
-    """Knobs of ``logreg``: inverse regularisation strength ``C`` and ``max_iter``."""
+class LogRegKnobs(StableKnobs):
+    """Knobs of ``logreg``: inverse regularisation strength ``C``, ``max_iter``, and whether to
+    ``standardize`` features first (turn it off for features that already share one scale, such
+    as unit-norm sentence embeddings, where standardizing inflates noise dimensions).
+    """
+
+    added_knobs: ClassVar[tuple[str, ...]] = ("standardize",)
 
     C: float = Field(1.0, gt=0.0, description="inverse L2 regularisation strength")
     max_iter: PositiveInt = Field(1000, description="maximum solver iterations")
+    standardize: bool = Field(True, description="standardize each feature before fitting")
 
 
 class RandomForestKnobs(Knobs):
@@ -207,9 +219,8 @@ def build_logreg(
     check_input_shape("logreg", input_shape, modality)
 
     def make() -> Pipeline:
-        return make_pipeline(
-            StandardScaler(), LogisticRegression(C=knobs.C, max_iter=knobs.max_iter)
-        )
+        steps = [StandardScaler()] if knobs.standardize else []
+        return make_pipeline(*steps, LogisticRegression(C=knobs.C, max_iter=knobs.max_iter))
 
     return SklearnModel(make, num_classes, count=_n_logreg, has_logits=True)
 
@@ -255,3 +266,156 @@ def build_knn(
         return make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=knobs.k))
 
     return SklearnModel(make, num_classes, count=None, min_samples=knobs.k)
+
+
+#: Longest n-gram ``tfidf_logreg`` counts: an n-gram is packed into one int64 key (base vocab).
+MAX_NGRAM = 3
+
+
+class NgramCounts(TransformerMixin, BaseEstimator):
+    """Token ids ``(n, L)`` to a sparse document-term matrix of n-gram counts.
+
+    Token ids are right-padded with ``PAD_ID``; n-grams run over consecutive non-padding ids
+    (an n-gram never spans padding). Columns are the n-grams seen by :meth:`fit`, unigrams
+    first; n-grams never seen in training are dropped at :meth:`transform`, like scikit-learn's
+    ``CountVectorizer`` does with unseen words.
+
+    Parameters
+    ----------
+    ngram_max
+        Longest n-gram counted (1: unigrams only), at most :data:`MAX_NGRAM`.
+    vocab_size
+        Number of token ids; ``0`` takes the largest id seen in training plus one. Ids at or
+        above it are read as ``UNKNOWN_ID``.
+    min_df
+        Keep only n-grams that occur in at least this many training texts.
+
+    Examples
+    --------
+    >>> ids = np.array([[5, 6, 5, 0], [6, 5, 0, 0]])
+    >>> counts = NgramCounts(ngram_max=2).fit_transform(ids)
+    >>> counts.shape, counts.toarray()[0].tolist()
+    ((2, 4), [2.0, 1.0, 1.0, 1.0])
+    """
+
+    def __init__(self, ngram_max: int = 2, vocab_size: int = 0, min_df: int = 1) -> None:
+        self.ngram_max = ngram_max
+        self.vocab_size = vocab_size
+        self.min_df = min_df
+
+    def _keys(self, x: Any, base: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row index and int64 key of every n-gram occurrence in ``x`` (ids ``(n, L)``)."""
+        ids = np.asarray(x).astype(np.int64)  # (n, L); float ids from _flat are integral
+        ids = ids.reshape(ids.shape[0], -1)
+        ids = np.where(ids >= base, UNKNOWN_ID, ids)
+        token = ids != PAD_ID  # (n, L)
+        rows, keys = [], []
+        offset = 0  # keys of n-grams of different orders never collide
+        for order in range(1, self.ngram_max + 1):
+            width = ids.shape[1] - order + 1
+            if width <= 0:
+                break
+            key = np.zeros((ids.shape[0], width), dtype=np.int64)  # (n, L-order+1)
+            valid = np.ones((ids.shape[0], width), dtype=bool)
+            for j in range(order):
+                key = key * base + ids[:, j : j + width]
+                valid &= token[:, j : j + width]
+            r, c = np.nonzero(valid)
+            rows.append(r)
+            keys.append(key[r, c] + offset)
+            offset += base**order
+        return np.concatenate(rows), np.concatenate(keys)
+
+    def fit(self, x: Any, y: Any = None) -> NgramCounts:
+        """Learn the n-grams of the training texts ``x`` ``(n, L)``."""
+        if not 1 <= self.ngram_max <= MAX_NGRAM:
+            raise ConfigError(
+                f"ngram_max must lie in 1..{MAX_NGRAM}, got {self.ngram_max}",
+                hint="use unigrams, bigrams or trigrams",
+            )
+        ids = np.asarray(x)
+        seen = int(ids.max()) + 1 if ids.size else UNKNOWN_ID + 1
+        self.base_ = max(self.vocab_size if self.vocab_size > 0 else seen, UNKNOWN_ID + 1)
+        if self.base_**self.ngram_max * self.ngram_max >= 2**63:
+            raise ConfigError(
+                f"a vocabulary of {self.base_} tokens is too large for {self.ngram_max}-grams",
+                hint="lower ngram_max",
+            )
+        rows, keys = self._keys(ids, self.base_)
+        # Document frequency: count each (text, n-gram) pair once.
+        per_text = np.unique(np.stack([keys, rows]), axis=1)[0]  # (distinct pairs,) sorted keys
+        ngrams, texts = np.unique(per_text, return_counts=True)
+        self.ngrams_ = ngrams[texts >= self.min_df]  # sorted: unigrams, then bigrams, ...
+        return self
+
+    def transform(self, x: Any) -> sp.csr_matrix:
+        """Counts ``(n, n_ngrams)`` of the n-grams learned by :meth:`fit`."""
+        ids = np.asarray(x)
+        shape = (ids.shape[0], self.ngrams_.size)
+        if self.ngrams_.size == 0:
+            return sp.csr_matrix(shape)
+        rows, keys = self._keys(ids, self.base_)
+        cols = np.searchsorted(self.ngrams_, keys)  # (occurrences,)
+        cols = np.minimum(cols, self.ngrams_.size - 1)
+        known = self.ngrams_[cols] == keys  # unseen n-grams are dropped
+        rows, cols = rows[known], cols[known]
+        data = np.ones(rows.size, dtype=np.float64)
+        # Duplicate (row, column) pairs add up when converted: counts.
+        return sp.coo_matrix((data, (rows, cols)), shape=shape).tocsr()
+
+
+class TfidfLogRegKnobs(Knobs):
+    """Knobs of ``tfidf_logreg``.
+
+    Attributes
+    ----------
+    ngram_max
+        Longest n-gram of consecutive tokens counted (1: unigrams; 2: plus bigrams; at most 3).
+    min_df
+        Keep only n-grams that occur in at least this many training texts.
+    C
+        Inverse L2 regularisation strength of the logistic regression.
+    max_iter
+        Maximum solver iterations.
+    """
+
+    ngram_max: PositiveInt = Field(2, le=MAX_NGRAM, description="longest n-gram counted (1..3)")
+    min_df: PositiveInt = Field(1, description="keep n-grams found in at least this many texts")
+    C: float = Field(10.0, gt=0.0, description="inverse L2 regularisation strength")
+    max_iter: PositiveInt = Field(2000, description="maximum solver iterations")
+
+
+@family(
+    "tfidf_logreg",
+    kind="sklearn",
+    modalities=("text",),
+    knobs=TfidfLogRegKnobs,
+    description="n-gram counts of token ids, sublinear TF-IDF, logistic regression (scikit-learn)",
+)
+def build_tfidf_logreg(
+    knobs: TfidfLogRegKnobs,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    modality: Modality,
+    *,
+    vocab_size: int = 0,
+) -> SklearnModel:
+    """Build a TF-IDF + logistic-regression :class:`SklearnModel` for token-id inputs.
+
+    Examples
+    --------
+    >>> model = build_tfidf_logreg(TfidfLogRegKnobs(), (3,), 2, "text", vocab_size=6)
+    >>> x = np.array([[2, 3, 0], [2, 0, 0], [4, 5, 3], [5, 4, 0]])
+    >>> model.fit(x, np.array([0, 0, 1, 1]), seed=0).predict_proba(x).argmax(1).tolist()
+    [0, 0, 1, 1]
+    """
+    check_input_shape("tfidf_logreg", input_shape, modality)
+
+    def make() -> Pipeline:
+        return make_pipeline(
+            NgramCounts(knobs.ngram_max, vocab_size, knobs.min_df),
+            TfidfTransformer(sublinear_tf=True),
+            LogisticRegression(C=knobs.C, max_iter=knobs.max_iter),
+        )
+
+    return SklearnModel(make, num_classes, count=_n_logreg, has_logits=True)
