@@ -23,6 +23,7 @@ ZOO_SECTIONS = {
     "training",
     "calibration",
     "robustness",
+    "adversarial",
     "similarity",
     "agreement",
     "failures",

@@ -244,6 +244,7 @@ BUILTIN_STUDIES = (
     "fashion-mnist",
     "seed-recipe",
     "sharing",
+    "sharing-text",
     "phrasebank",
     "banking77",
 )
