@@ -243,3 +243,28 @@ def test_transformer_attention_maps_are_stored_and_shown(sharing_run: Path) -> N
     assert store.attention(members.loc["scratch-mlp", "member_id"]) == {}
     page = (sharing_run / "report.html").read_text()
     assert 'id="attention"' in page
+
+
+def test_supervised_backbone_from_a_source_task(tmp_path: Path) -> None:
+    backbone = {
+        "name": "source",
+        "family": "mlp",
+        "params": {"width": 32, "depth": 1},
+        "method": "supervised",
+        "source": {"name": "digits", "seed": 1},
+        "train": {"epochs": 2},
+    }
+    study = tiny_study(
+        "supervised",
+        seeds=[0],
+        backbones=[backbone],
+        zoo=[{"name": "probe", "family": "logreg", "backbone": "source"}],
+    )
+    results = run_study(study, tmp_path)
+    assert results.members["status"].tolist() == ["ok"]
+    store = RunStore(tmp_path / "supervised")
+    (folder,) = [p for p in store.backbones_dir.iterdir()]
+    record = store.backbone_record(folder.name)
+    assert record["method"] == "supervised" and record["layer"] == "block1"
+    assert len(store.history(results.members["member_id"][0])) == 0  # a probe: no torch loop
+    assert results.members["test_accuracy"][0] > 0.8

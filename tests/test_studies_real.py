@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +43,7 @@ def test_default_study_reaches_published_accuracies(tmp_path: Path) -> None:
     from test_report import ZOO_SECTIONS, walk
 
     report = tmp_path / "mnist1d" / "report.html"
-    assert set(walk(report).sections) == ZOO_SECTIONS
+    assert set(walk(report).sections) == ZOO_SECTIONS | {"attention"}  # it has a transformer
     text = report.read_text()
     assert "http://" not in text and "https://" not in text
 
@@ -56,3 +57,32 @@ def test_seed_recipe_on_fashion_mnist(tmp_path: Path) -> None:
     members = pd.read_parquet(tmp_path / "seed-recipe" / "tables" / "members.parquet")
     assert members["family"].tolist() == ["seed_cnn"]
     assert members["test_accuracy"].item() >= 0.90
+
+
+@pytest.mark.slow
+def test_sharing_study_compares_four_ecosystems(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    result = run_cli("sharing", "--out", str(tmp_path))
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert seconds < 15 * 60, f"the sharing study took {seconds:.0f} s"
+    root = tmp_path / "sharing"
+    members = pd.read_parquet(root / "tables" / "members.parquet").set_index("name")
+    assert (members["status"] == "ok").all(), members.loc[members["status"] != "ok", "reason"]
+    # contrastive pretraining + a linear probe on MNIST-1D (the authors' notebook: about 0.82)
+    assert members.loc["simclr-linear", "test_accuracy"] >= 0.80
+    summary = pd.read_parquet(root / "tables" / "ecosystems.parquet")
+    assert summary["ecosystem"].tolist() == [
+        "shared-backbone",
+        "nothing-shared",
+        "family-only",
+        "family-shards",
+    ]
+    for statistic in ("systemic_ratio", "error_consistency", "cka"):
+        assert summary[[f"{statistic}_ci_low", f"{statistic}_ci_high"]].notna().all().all()
+    page = (root / "report.html").read_text()
+    section = page[page.index('id="ecosystems"') :]
+    section = section[: section.index("</section>")]
+    for name in summary["ecosystem"]:
+        assert name in section
+    assert "most homogeneous" in section and "95% CI" in section
