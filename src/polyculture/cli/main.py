@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from polyculture.errors import PolycultureError
+from polyculture.measure.ecosystem import ecosystem_finding
 
 app = typer.Typer(
     name="polyculture",
@@ -144,8 +145,16 @@ def run(
 
 
 def _finish(root: Path, fmt: str) -> None:
-    """Say where the run directory and its report are."""
+    """Say what the ecosystem comparison found, and where the run directory and report are."""
     if fmt == "table":
+        summary_path = root / "tables" / "ecosystems.parquet"
+        comparisons_path = root / "tables" / "ecosystem_comparisons.parquet"
+        if summary_path.is_file() and comparisons_path.is_file():
+            summary = pd.read_parquet(summary_path)
+            comparisons = pd.read_parquet(comparisons_path)
+            if not summary.empty and not comparisons.empty:
+                finding = ecosystem_finding(summary, comparisons)
+                console.print(f"[bold]ecosystems[/]: {escape(finding)}", highlight=False)
         console.print(f"run directory: [bold]{escape(str(root))}[/]")
         console.print(f"report: [bold]{escape(str(root / 'report.html'))}[/]")
 

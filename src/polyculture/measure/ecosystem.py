@@ -254,55 +254,52 @@ def _two_sided_p(differences: np.ndarray) -> float:
     return float(min(1.0, 2 * tail))
 
 
-def ecosystem_finding(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+def ecosystem_finding(
+    summary: pd.DataFrame, comparisons: pd.DataFrame, n_resamples: int = 1000
+) -> str:
     """One sentence that answers "which ecosystem is most homogeneous?", with its evidence.
 
-    The most and least homogeneous ecosystems by systemic-failure ratio are named with their
-    intervals, whether the difference is significant (paired bootstrap, 5% level), and how error
-    consistency and CKA order them.
+    Ecosystems are ranked by mean error consistency, which is corrected for chance agreement and
+    so for the members' accuracy; the systemic-failure ratio is not (its independence baseline,
+    a product of small error rates, shrinks fast as accuracy rises), so it is reported beside it
+    with CKA. The most and least homogeneous ecosystems are named with their intervals and the
+    paired-bootstrap p-value of their difference.
 
     Examples
     --------
     >>> summary = pd.DataFrame({"ecosystem": ["a", "b"], "members": [3, 3],
-    ...     "systemic_ratio": [4.0, 1.1], "systemic_ratio_ci_low": [3.0, 0.9],
-    ...     "systemic_ratio_ci_high": [5.0, 1.3], "error_consistency": [0.5, 0.1],
+    ...     "error_consistency": [0.5, 0.1], "error_consistency_ci_low": [0.4, 0.0],
+    ...     "error_consistency_ci_high": [0.6, 0.2], "systemic_ratio": [4.0, 1.1],
     ...     "cka": [0.9, 0.4]})
     >>> comparisons = pd.DataFrame({"ecosystem_a": ["a"], "ecosystem_b": ["b"],
-    ...     "statistic": ["systemic_ratio"], "p_value": [0.001]})
+    ...     "statistic": ["error_consistency"], "p_value": [0.0]})
     >>> import textwrap
     >>> print(textwrap.fill(ecosystem_finding(summary, comparisons), 90))
-    Ecosystem 'a' is the most homogeneous: its members fail together 4.00 times as often as
-    independent models would (95% CI 3.00-5.00), against 1.10 (0.90-1.30) for 'b', a
-    significant difference (paired bootstrap p = 0.001); error consistency (0.50 vs 0.10) and
-    CKA (0.90 vs 0.40) agree.
+    Ecosystem 'a' is the most homogeneous: its members' errors agree beyond chance with κ =
+    0.50 (95% CI 0.40-0.60), against 0.10 (0.00-0.20) for 'b', a significant difference
+    (paired bootstrap p < 0.001); the systemic-failure ratio (4.00 vs 1.10) and CKA (0.90 vs
+    0.40) agree.
     """
-    ranked = summary.dropna(subset=["systemic_ratio"]).sort_values(
-        "systemic_ratio", ascending=False
-    )
+    primary = "error_consistency"
+    ranked = summary.dropna(subset=[primary]).sort_values(primary, ascending=False)
     if len(ranked) < 2:
-        return "Fewer than two ecosystems have a defined systemic-failure ratio to compare."
+        return "Fewer than two ecosystems have a defined error consistency to compare."
     top, bottom = ranked.iloc[0], ranked.iloc[-1]
+    names = {top["ecosystem"], bottom["ecosystem"]}
     pair = comparisons[
-        (comparisons["statistic"] == "systemic_ratio")
-        & (
-            (
-                (comparisons["ecosystem_a"] == top["ecosystem"])
-                & (comparisons["ecosystem_b"] == bottom["ecosystem"])
-            )
-            | (
-                (comparisons["ecosystem_a"] == bottom["ecosystem"])
-                & (comparisons["ecosystem_b"] == top["ecosystem"])
-            )
-        )
+        (comparisons["statistic"] == primary)
+        & comparisons["ecosystem_a"].isin(names)
+        & comparisons["ecosystem_b"].isin(names)
     ]
     p_value = float(pair["p_value"].iloc[0]) if len(pair) else float("nan")
+    shown_p = f"p < {1 / n_resamples:.3g}" if p_value == 0 else f"p = {p_value:.3g}"
     verdict = (
-        f"a significant difference (paired bootstrap p = {p_value:.3g})"
+        f"a significant difference (paired bootstrap {shown_p})"
         if p_value < 0.05
-        else f"a difference the data cannot confirm (paired bootstrap p = {p_value:.3g})"
+        else f"a difference the data cannot confirm (paired bootstrap {shown_p})"
     )
     agree = []
-    for statistic, label in (("error_consistency", "error consistency"), ("cka", "CKA")):
+    for statistic, label in (("systemic_ratio", "the systemic-failure ratio"), ("cka", "CKA")):
         a, b = float(top[statistic]), float(bottom[statistic])
         if np.isfinite(a) and np.isfinite(b):
             agree.append((label, a, b, a > b))
@@ -311,9 +308,9 @@ def ecosystem_finding(summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
         parts = " and ".join(f"{label} ({a:.2f} vs {b:.2f})" for label, a, b, _ in agree)
         tail = f"; {parts} {'agree' if all(x[3] for x in agree) else 'do not all agree'}"
     return (
-        f"Ecosystem '{top['ecosystem']}' is the most homogeneous: its members fail together "
-        f"{top['systemic_ratio']:.2f} times as often as independent models would (95% CI "
-        f"{top['systemic_ratio_ci_low']:.2f}-{top['systemic_ratio_ci_high']:.2f}), against "
-        f"{bottom['systemic_ratio']:.2f} ({bottom['systemic_ratio_ci_low']:.2f}-"
-        f"{bottom['systemic_ratio_ci_high']:.2f}) for '{bottom['ecosystem']}', {verdict}{tail}."
+        f"Ecosystem '{top['ecosystem']}' is the most homogeneous: its members' errors agree "
+        f"beyond chance with κ = {top[primary]:.2f} (95% CI {top[f'{primary}_ci_low']:.2f}-"
+        f"{top[f'{primary}_ci_high']:.2f}), against {bottom[primary]:.2f} "
+        f"({bottom[f'{primary}_ci_low']:.2f}-{bottom[f'{primary}_ci_high']:.2f}) for "
+        f"'{bottom['ecosystem']}', {verdict}{tail}."
     )

@@ -18,7 +18,7 @@ from typing import Any
 import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 OKABE_ITO = [
     "#0072B2",
@@ -252,11 +252,13 @@ def interval_panels(
     title: str,
     key: str,
     reference: Sequence[float | None] = (),
+    log: Sequence[bool] = (),
 ) -> str:
     """One panel per statistic: a dot and its interval for each named row (e.g. ecosystems).
 
     ``panels`` holds ``(axis label, values, lows, highs)``; ``reference`` an optional vertical
-    line per panel (e.g. 1 for a ratio whose independence value is 1).
+    line per panel (e.g. 1 for a ratio whose independence value is 1); ``log`` a log-scaled
+    axis per panel (for ratios that span orders of magnitude).
     """
     fig = _figure(2.6 * len(panels) + 1.4, 0.9 + 0.35 * len(names))
     with mpl.rc_context(_RC):
@@ -269,6 +271,11 @@ def interval_panels(
             ax.errorbar(v, rows, xerr=err, fmt="o", color=OKABE_ITO[index], ms=5, capsize=3, lw=1)
             if index < len(reference) and reference[index] is not None:
                 ax.axvline(float(reference[index]), color="0.5", lw=0.8, ls=":")  # type: ignore[arg-type]
+            if index < len(log) and log[index] and np.nanmin(v) > 0:
+                ax.set_xscale("log")
+                # Plain numbers: the report's rc disables mathtext, which log ticks default to.
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(label)
             ax.grid(axis="x", alpha=0.3)
         axes[0].set_yticks(rows, [short(n) for n in names])

@@ -969,7 +969,9 @@ def _ecosystems(results: RunResults, csv: _Csv) -> Section | None:
         "right/wrong outcomes, mean over pairs. CKA: linear CKA of the members' final "
         "representations on the probe set, mean over pairs. Intervals: 95% percentile "
         "bootstrap over test instances; comparisons resample the same instances for every "
-        "ecosystem (paired)."
+        "ecosystem (paired). Read the ratio together with accuracy: its independence baseline "
+        "is a product of error rates, so it grows quickly as members get more accurate; error "
+        "consistency is corrected for chance and is the fairer ranking across accuracies."
     )
     names = summary["ecosystem"].astype(str).tolist()
     labels = {
@@ -989,7 +991,9 @@ def _ecosystems(results: RunResults, csv: _Csv) -> Section | None:
     title = "Homogeneity of each ecosystem (95% CI)"
     section.figures.append(
         FigureView(
-            figures.interval_panels(names, panels, title, "ecosystems", reference=[1.0, 0.0]),
+            figures.interval_panels(
+                names, panels, title, "ecosystems", reference=[1.0, 0.0], log=[True]
+            ),
             f"Dot plots with intervals of three statistics for {len(names)} ecosystems",
             title + "; dotted lines mark independence.",
         )
@@ -1005,8 +1009,9 @@ def _ecosystems(results: RunResults, csv: _Csv) -> Section | None:
             "mean accuracy": pct(row["accuracy"]),
         }
         for stat in ECOSYSTEM_STATISTICS:
-            entry[f"{labels[stat]} [95% CI]"] = f"{num(row[stat])} " + interval(
-                row[f"{stat}_ci_low"], row[f"{stat}_ci_high"], num
+            fmt = sig if stat == "systemic_ratio" else num
+            entry[f"{labels[stat]} [95% CI]"] = f"{fmt(row[stat])} " + interval(
+                row[f"{stat}_ci_low"], row[f"{stat}_ci_high"], fmt
             )
         rows.append(entry)
     frame = pd.DataFrame(rows)
@@ -1019,7 +1024,7 @@ def _ecosystems(results: RunResults, csv: _Csv) -> Section | None:
                 "ecosystem b": comparisons["ecosystem_b"].astype(str),
                 "statistic": [labels.get(str(s), str(s)) for s in comparisons["statistic"]],
                 "a − b [95% CI]": [
-                    f"{num(d)} " + interval(lo, hi, num)
+                    f"{sig(d)} " + interval(lo, hi, sig)
                     for d, lo, hi in zip(
                         comparisons["difference"],
                         comparisons["ci_low"],
@@ -1027,7 +1032,9 @@ def _ecosystems(results: RunResults, csv: _Csv) -> Section | None:
                         strict=True,
                     )
                 ],
-                "p (paired bootstrap)": [sig(p) for p in comparisons["p_value"]],
+                "p (paired bootstrap)": [
+                    "< 0.001" if p == 0 else sig(p) for p in comparisons["p_value"]
+                ],
             }
         )
         path = csv.add("ecosystem_comparisons", comparisons)

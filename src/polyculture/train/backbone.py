@@ -161,8 +161,11 @@ def pretrain_backbone(
         if method == "contrastive":
             from polyculture.train.pretrain import PretrainSpec, pretrain_contrastive
 
+            settings = pretrain or PretrainSpec()
+            if settings.layer is None:  # learn the representation the members will read
+                settings = settings.model_copy(update={"layer": chosen})
             outcome = pretrain_contrastive(
-                model, data.train.x, data.modality, pretrain or PretrainSpec(), seed, device
+                model, data.train.x, data.modality, settings, seed, device
             )
             history = outcome.history
         elif method == "supervised":
