@@ -142,8 +142,11 @@ def run_study(
     backbones = [b for b in backbones if not store.is_backbone_done(b.backbone_id)]
     if backbones:
         _run_jobs(store, study, backbones, device_name, n_workers, task, None)
-    if pending:
-        _run_jobs(store, study, pending, device_name, n_workers, task, on_member)
+    try:
+        if pending:
+            _run_jobs(store, study, pending, device_name, n_workers, task, on_member)
+    finally:
+        _ADAPTED.clear()  # loaded backbones and feature tasks are this run's only
 
     assemble_tables(store, task, plans)
     analyze_run(

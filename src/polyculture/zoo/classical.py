@@ -210,7 +210,8 @@ class KNNKnobs(Knobs):
     kind="sklearn",
     modalities=("sequence", "image", "tabular"),
     knobs=LogRegKnobs,
-    description="standardise, then multinomial logistic regression (scikit-learn)",
+    description="standardise (unless standardize=false), then multinomial logistic regression "
+    "(scikit-learn)",
 )
 def build_logreg(
     knobs: LogRegKnobs, input_shape: tuple[int, ...], num_classes: int, modality: Modality
