@@ -216,8 +216,18 @@ KILL_STUDY = tiny_study(
 )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes_to_the_same_tables(tmp_path: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "workers"),
+    [
+        (signal.SIGKILL, "1"),
+        (signal.SIGINT, "1"),
+        # Two workers run on a local Dask cluster (polyculture[dist]) or a process pool.
+        (signal.SIGINT, "2"),
+    ],
+)
+def test_killed_run_resumes_to_the_same_tables(
+    tmp_path: Path, sig: signal.Signals, workers: str
+) -> None:
     path = study_file(tmp_path, KILL_STUDY)
     interrupted = tmp_path / "interrupted"
     members = interrupted / "killme" / "members"
@@ -231,7 +241,7 @@ def test_killed_run_resumes_to_the_same_tables(tmp_path: Path, sig: signal.Signa
             "--out",
             str(interrupted),
             "--workers",
-            "1",
+            workers,
             "--quiet",
         ],
         env=ENV,

@@ -69,7 +69,8 @@ def _check_format(fmt: str) -> None:
         "  polyculture run                                  # the default MNIST-1D study\n\n"
         "  polyculture run seed-recipe --data-dir ../shared/data/fashion-mnist\n\n"
         "  polyculture run my_study.toml --set train.epochs=5 --set seeds=[0]\n\n"
-        "  polyculture run --workers 1 --out /tmp/runs"
+        "  polyculture run --workers 1 --out /tmp/runs\n\n"
+        "  polyculture run sharing --scheduler tcp://head-node:8786"
     )
 )
 def run(
@@ -92,10 +93,19 @@ def run(
         int | None, typer.Option("--workers", "-w", help="Worker processes (0 = one per core).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:i].")] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Run on an existing Dask scheduler (tcp://host:8786); needs [dist]."),
+    ] = None,
     fmt: FormatOption = "table",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train (or resume) a study and write its run directory OUT/<study name>."""
+    """Train (or resume) a study and write its run directory OUT/<study name>.
+
+    With several workers the members run on a local Dask cluster (one process and one thread
+    per worker) when polyculture[dist] is installed, else in a process pool; --scheduler runs
+    them on an existing Dask cluster instead.
+    """
     from polyculture.run import run_study
     from polyculture.run.study import MemberPlan
 
@@ -139,6 +149,12 @@ def run(
             device=device,
             on_member=on_member,
             on_start=on_start,
+            scheduler=scheduler,
+            on_cluster=lambda line: (
+                errors.print(escape(line), highlight=False)
+                if not quiet and fmt == "table"
+                else None
+            ),
         )
     _print_summary(results, fmt)
     _finish(results.root, fmt)

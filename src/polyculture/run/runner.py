@@ -9,6 +9,7 @@ extended study resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -31,6 +32,7 @@ from polyculture.data.task import Task
 from polyculture.errors import ConfigError, ExecutionError
 from polyculture.measure.performance import classification_metrics
 from polyculture.run.analyze import analyze_run
+from polyculture.run.distributed import dashboard_link, dask_available, dask_client, run_on_dask
 from polyculture.run.results import RunResults
 from polyculture.run.store import (
     PREDICTION_COLUMNS,
@@ -81,6 +83,8 @@ def run_study(
     device: str | None = None,
     on_member: ProgressCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    scheduler: str | None = None,
+    on_cluster: Callable[[str], None] | None = None,
 ) -> RunResults:
     """Run a study and return its results (the Python API of ``polyculture run``).
 
@@ -100,6 +104,12 @@ def run_study(
         Progress callback, called as each member finishes or is found finished.
     on_start
         Called once with (members to train, members already done).
+    scheduler
+        Address of an existing Dask scheduler (``tcp://host:8786``); default from the study.
+        Without one, several workers run on a local Dask cluster when ``polyculture[dist]`` is
+        installed (``execution.engine``), else in a local process pool.
+    on_cluster
+        Called with a one-line description of the Dask cluster used (workers, dashboard).
 
     The run directory ends with ``report.html`` (see :func:`polyculture.report.build_report`).
 
@@ -117,11 +127,33 @@ def run_study(
     [['logreg', 'ok']]
     """
     study = load_study(study, list(overrides))
-    device_name = check_device(device or study.execution.device)
+    with contextlib.ExitStack() as stack:
+        return _run_loaded(
+            study, Path(out), workers, device, on_member, on_start, scheduler, on_cluster, stack
+        )
+
+
+def _run_loaded(
+    study: Study,
+    out: Path,
+    workers: int | None,
+    device: str | None,
+    on_member: ProgressCallback | None,
+    on_start: Callable[[int, int], None] | None,
+    scheduler: str | None,
+    on_cluster: Callable[[str], None] | None,
+    stack: contextlib.ExitStack,
+) -> RunResults:
+    execution = study.execution
+    scheduler = scheduler if scheduler is not None else execution.scheduler
+    device_name = check_device(device or execution.device)
+    client = None
+    if scheduler is not None:  # reach it before anything is built or written
+        client = stack.enter_context(dask_client(0, scheduler))
     task = build_task(study.data)  # fails on bad data before any file is written
     plans = expand(study, task.fingerprint())
     _check_inputs_readable(task, plans)
-    store = RunStore(Path(out) / study.name)
+    store = RunStore(out / study.name)
     started = time.perf_counter()
     _write_resolved_study(store, study)
     write_text(store.root / "task.json", _json(task.summary() | _references(task)))
@@ -135,18 +167,31 @@ def run_study(
         if on_member is not None:
             on_member(plan, store.member_record(plan.member_id), True)
 
-    execution = study.execution
     n_workers = workers if workers is not None else execution.workers
     n_workers = default_workers(len(pending)) if n_workers == 0 else n_workers
     backbones = list({p.backbone.backbone_id: p.backbone for p in pending if p.backbone}.values())
     backbones = [b for b in backbones if not store.is_backbone_done(b.backbone_id)]
-    if backbones:
-        _run_jobs(store, study, backbones, device_name, n_workers, task, None)
+    use_local_dask = (
+        client is None
+        and len(pending) > 1
+        and n_workers > 1
+        and (execution.engine == "dask" or (execution.engine == "auto" and dask_available()))
+    )
+    if use_local_dask:
+        gpus = (
+            torch.cuda.device_count() if device_name != "cpu" and torch.cuda.is_available() else 0
+        )
+        client = stack.enter_context(dask_client(n_workers, None, gpus))
     try:
+        if client is not None and pending and on_cluster is not None:
+            on_cluster(_cluster_line(client, scheduler))
+        if backbones:
+            _run_jobs(store, study, backbones, device_name, n_workers, task, None, client)
         if pending:
-            _run_jobs(store, study, pending, device_name, n_workers, task, on_member)
+            _run_jobs(store, study, pending, device_name, n_workers, task, on_member, client)
     finally:
         _ADAPTED.clear()  # loaded backbones and feature tasks are this run's only
+        stack.close()  # the Dask client and any local cluster are done once members are
 
     assemble_tables(store, task, plans)
     analyze_run(
@@ -427,10 +472,18 @@ def member_record(
 Job = MemberPlan | BackbonePlan
 
 
-def _run_job(store: RunStore, task: Task, study: Study, job: Job, device: str) -> dict[str, Any]:
+def run_job(store: RunStore, task: Task, study: Study, job: Job, device: str) -> dict[str, Any]:
+    """Run one member or backbone in this process and write its folder; returns its record."""
     if isinstance(job, BackbonePlan):
         return train_and_store_backbone(store, task, study, job, device)
     return train_and_store(store, task, study, job, device)
+
+
+def _cluster_line(client: Any, scheduler: str | None) -> str:
+    workers = len(client.scheduler_info().get("workers", {}))
+    where = f"scheduler {scheduler}" if scheduler else "a local cluster"
+    link = dashboard_link(client)
+    return f"Dask: {workers} worker(s) on {where}" + (f"; dashboard {link}" if link else "")
 
 
 def _run_jobs(
@@ -441,14 +494,23 @@ def _run_jobs(
     n_workers: int,
     task: Task,
     on_member: ProgressCallback | None,
+    client: Any = None,
 ) -> None:
-    """Run members (or backbones) here or in worker processes; report members as they finish."""
+    """Run members (or backbones) on Dask, here, or in worker processes; report members."""
+    if client is not None:
+
+        def on_done(job: Job, record: dict[str, Any]) -> None:
+            if on_member is not None and isinstance(job, MemberPlan):
+                on_member(job, record, False)
+
+        run_on_dask(client, store.root, study.model_dump(mode="json"), jobs, device, on_done)
+        return
     if n_workers <= 1 or len(jobs) == 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the same numbers as one-thread workers
         try:
             for job in jobs:
-                record = _run_job(store, task, study, job, device)
+                record = run_job(store, task, study, job, device)
                 if on_member is not None and isinstance(job, MemberPlan):
                     on_member(job, record, False)
         finally:
@@ -471,7 +533,7 @@ def _init_worker(data_spec: dict[str, Any]) -> None:
 def _worker_job(root: str, study_json: dict[str, Any], job: Job, device: str) -> dict[str, Any]:
     assert _WORKER_TASK is not None, "worker was not initialised"
     study = Study.model_validate(study_json)
-    return _run_job(RunStore(Path(root)), _WORKER_TASK, study, job, device)
+    return run_job(RunStore(Path(root)), _WORKER_TASK, study, job, device)
 
 
 def _run_parallel(

@@ -158,12 +158,17 @@ class ExecutionSpec(BaseModel):
 
     ``workers``: worker processes (0 = one per CPU core, at most one per member).
     ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:i]``.
+    ``engine``: how several workers run: ``auto`` (a local Dask cluster when
+    ``polyculture[dist]`` is installed, else a process pool), ``dask`` or ``processes``.
+    ``scheduler``: address of an existing Dask scheduler to run on instead (``tcp://host:8786``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     workers: int = Field(0, ge=0)
     device: str = "auto"
+    engine: Literal["auto", "dask", "processes"] = "auto"
+    scheduler: str | None = None
 
     @field_validator("device")
     @classmethod

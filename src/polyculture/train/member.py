@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from polyculture.data.builders import stratified_shards
 from polyculture.data.task import Task
@@ -349,6 +350,15 @@ def _train_torch(
 
 
 def _train_classical(
+    model: ClassicalModel, task: Task, seed: int, probe: torch.Tensor
+) -> MemberResult:
+    # One BLAS/OpenMP thread, as torch members use one thread: a solver's sums then do not
+    # depend on how many threads the process (here, a worker, a Dask worker) happens to have.
+    with threadpool_limits(limits=1):
+        return _fit_classical(model, task, seed, probe)
+
+
+def _fit_classical(
     model: ClassicalModel, task: Task, seed: int, probe: torch.Tensor
 ) -> MemberResult:
     model.fit(_flat(task.train.x), task.train.y.numpy(), seed)
