@@ -53,9 +53,8 @@ class Ecosystem:
     representations: list[np.ndarray | None]
 
 
-def _centered_gram(x: np.ndarray) -> np.ndarray:
-    gram = x @ x.T  # (p, p)
-    return _center(gram)
+def _gram(x: np.ndarray) -> np.ndarray:
+    return x @ x.T  # (p, p)
 
 
 def _center(gram: np.ndarray) -> np.ndarray:
@@ -171,7 +170,7 @@ def compare_ecosystems(
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(n, np.full(n, 1 / n), size=n_resamples).astype(np.float64)
     grams = {
-        name: [_centered_gram(np.asarray(r, np.float64)) for r in eco.representations]
+        name: [_gram(np.asarray(r, np.float64)) for r in eco.representations]
         for name, eco in ecosystems.items()
         if eco.representations and all(r is not None for r in eco.representations)
     }

@@ -24,15 +24,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from polyculture.errors import ConfigError, ExecutionError
 from polyculture.run.study import BackbonePlan, MemberPlan
 
 if TYPE_CHECKING:
     from distributed import Client
-
-    from polyculture.data.task import Task
 
 CONNECT_TIMEOUT_S = 10
 """How long to wait for an existing scheduler before giving up."""
@@ -107,30 +103,6 @@ def dashboard_link(client: Client) -> str | None:
     return str(link) if link else None
 
 
-_TASKS: dict[str, Task] = {}
-"""Per worker process: the study's task data by data spec (built once, reused by its tasks)."""
-
-
-def _worker_job(
-    root: str, study_json: dict[str, Any], job: MemberPlan | BackbonePlan, device: str
-) -> dict[str, Any]:
-    """Run one member or backbone on a Dask worker; returns its record."""
-    import json
-
-    import polyculture.data  # noqa: F401  (registers datasets in a fresh worker)
-    from polyculture.data.builders import DataSpec, build_task
-    from polyculture.run.runner import run_job
-    from polyculture.run.store import RunStore
-    from polyculture.run.study import Study
-
-    torch.set_num_threads(1)  # the same numbers as a serial run
-    study = Study.model_validate(study_json)
-    key = json.dumps(study_json["data"], sort_keys=True)
-    if key not in _TASKS:
-        _TASKS[key] = build_task(DataSpec.model_validate(study_json["data"]))
-    return run_job(RunStore(Path(root)), _TASKS[key], study, job, device)
-
-
 def run_on_dask(
     client: Client,
     root: Path,
@@ -149,12 +121,15 @@ def run_on_dask(
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
+    # Imported here: the runner imports this module.
+    from polyculture.run.runner import worker_job
+
     needs_gpu = device.startswith("cuda")
     futures = {}
     for job in jobs:
         key = job.backbone_id if isinstance(job, BackbonePlan) else job.member_id
         future = client.submit(
-            _worker_job,
+            worker_job,
             str(root),
             study_json,
             job,
@@ -173,7 +148,7 @@ def run_on_dask(
                 record = future.result()
             except KilledWorker:
                 raise ExecutionError(
-                    f"Dask workers kept dying while training {_describe(job)} (killed, or out "
+                    f"Dask workers kept dying while training {job.describe()} (killed, or out "
                     "of memory)",
                     hint="rerun the same command to resume; give workers more memory",
                 ) from None
@@ -199,9 +174,3 @@ def _priority(job: MemberPlan | BackbonePlan) -> int:
     if job.kind != "torch":
         return 0
     return 1 + job.train.epochs * (1 + SLOW_FAMILIES.get(job.model.family, 0))
-
-
-def _describe(job: MemberPlan | BackbonePlan) -> str:
-    if isinstance(job, BackbonePlan):
-        return f"backbone '{job.spec.name}'"
-    return f"{job.label} seed {job.seed}"

@@ -293,9 +293,7 @@ def train_and_store_backbone(
     """Pretrain (or load) one backbone, compute its features, write its folder; its record."""
     spec = plan.spec
     prepared = prepare_task(task, spec.family)
-    source = None
-    if spec.source is not None:
-        source = prepare_task(build_task(spec.source), spec.family)
+    source = _source_task(plan)
     settings: dict[str, Any] = {}
     if spec.method == "contrastive":
         from polyculture.train.pretrain import PretrainSpec
@@ -340,6 +338,12 @@ def train_and_store_backbone(
     return record
 
 
+def _source_task(plan: BackbonePlan) -> Task | None:
+    """The source task of a supervised backbone, prepared for its family (else ``None``)."""
+    spec = plan.spec
+    return None if spec.source is None else prepare_task(build_task(spec.source), spec.family)
+
+
 _ADAPTED: dict[tuple[str, str], Task | Adaptation] = {}
 """Per process: feature tasks (probes) and loaded backbones (fine-tuning) by backbone id."""
 
@@ -378,11 +382,7 @@ def _train_plan(
         )
     prepared = prepare_task(task, backbone.spec.family)
     if key not in _ADAPTED:
-        source = (
-            None
-            if backbone.spec.source is None
-            else prepare_task(build_task(backbone.spec.source), backbone.spec.family)
-        )
+        source = _source_task(backbone)
         network = load_backbone(
             backbone.model, prepared, store.backbone_weights(backbone.backbone_id), source
         )
@@ -519,21 +519,24 @@ def _run_jobs(
     _run_parallel(store, study, jobs, device, min(n_workers, len(jobs)), on_member)
 
 
-_WORKER_TASK: Task | None = None
+_WORKER_TASKS: dict[str, Task] = {}
+"""Per worker process: the study's task by data spec (built once, reused by every job)."""
 
 
-def _init_worker(data_spec: dict[str, Any]) -> None:
-    global _WORKER_TASK
+def _init_worker() -> None:
     torch.set_num_threads(1)
-    import polyculture.data  # noqa: F401  (registers datasets in the fresh process)
-
-    _WORKER_TASK = build_task(DataSpec.model_validate(data_spec))
 
 
-def _worker_job(root: str, study_json: dict[str, Any], job: Job, device: str) -> dict[str, Any]:
-    assert _WORKER_TASK is not None, "worker was not initialised"
+def worker_job(root: str, study_json: dict[str, Any], job: Job, device: str) -> dict[str, Any]:
+    """Run one member or backbone in a worker process (process pool or Dask); its record."""
+    import polyculture.data  # noqa: F401  (registers datasets in a fresh process)
+
+    torch.set_num_threads(1)  # the same numbers as a serial run
+    key = json.dumps(study_json["data"], sort_keys=True)
+    if key not in _WORKER_TASKS:
+        _WORKER_TASKS[key] = build_task(DataSpec.model_validate(study_json["data"]))
     study = Study.model_validate(study_json)
-    return run_job(RunStore(Path(root)), _WORKER_TASK, study, job, device)
+    return run_job(RunStore(Path(root)), _WORKER_TASKS[key], study, job, device)
 
 
 def _run_parallel(
@@ -550,10 +553,9 @@ def _run_parallel(
         max_workers=n_workers,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(study.data.model_dump(mode="json"),),
     ) as pool:
         futures: dict[Future[dict[str, Any]], Job] = {
-            pool.submit(_worker_job, str(store.root), study_json, job, device): job for job in jobs
+            pool.submit(worker_job, str(store.root), study_json, job, device): job for job in jobs
         }
         try:
             remaining = set(futures)
@@ -564,13 +566,8 @@ def _run_parallel(
                     try:
                         record = future.result()
                     except BrokenProcessPool:
-                        what = (
-                            f"backbone '{job.spec.name}'"
-                            if isinstance(job, BackbonePlan)
-                            else f"{job.label} seed {job.seed}"
-                        )
                         raise ExecutionError(
-                            f"a worker process died while training {what} "
+                            f"a worker process died while training {job.describe()} "
                             "(killed, or out of memory)",
                             hint="rerun the same command to resume; --workers 1 uses less memory",
                         ) from None

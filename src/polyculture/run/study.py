@@ -225,6 +225,10 @@ class BackbonePlan:
     train: TrainSpec | None
     """Training settings of supervised pretraining (``None`` for the other methods)."""
 
+    def describe(self) -> str:
+        """How messages name this job."""
+        return f"backbone '{self.spec.name}'"
+
 
 @dataclass(frozen=True)
 class MemberPlan:
@@ -242,6 +246,10 @@ class MemberPlan:
     finetune_layers: int | None = None
     shard: tuple[int, int] | None = None
     """``(index, count)``: the member trains on shard ``index`` of ``count`` of the train split."""
+
+    def describe(self) -> str:
+        """How messages name this job."""
+        return f"{self.label} seed {self.seed}"
 
 
 BUILTIN_STUDIES = (
