@@ -150,9 +150,11 @@ def test_same_study_same_seed_identical_predictions(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_workers_give_the_same_numbers_as_serial(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["auto", "processes"])  # auto: Dask when installed
+def test_workers_give_the_same_numbers_as_serial(tmp_path: Path, engine: str) -> None:
     serial = run_study(tiny_study(), tmp_path / "serial", workers=1)
-    parallel = run_study(tiny_study(), tmp_path / "parallel", workers=2)
+    study = tiny_study(execution={"workers": 1, "engine": engine})
+    parallel = run_study(study, tmp_path / "parallel", workers=2)
     pd.testing.assert_frame_equal(serial.predictions(), parallel.predictions())
     columns = ["member_id", "test_accuracy", "test_nll"]
     pd.testing.assert_frame_equal(serial.members[columns], parallel.members[columns])
