@@ -95,7 +95,9 @@ def run(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:i].")] = None,
     scheduler: Annotated[
         str | None,
-        typer.Option(help="Run on an existing Dask scheduler (tcp://host:8786); needs [dist]."),
+        typer.Option(
+            help="Run on an existing Dask scheduler (tcp://host:8786); needs polyculture\\[dist]."
+        ),
     ] = None,
     fmt: FormatOption = "table",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -103,7 +105,7 @@ def run(
     """Train (or resume) a study and write its run directory OUT/<study name>.
 
     With several workers the members run on a local Dask cluster (one process and one thread
-    per worker) when polyculture[dist] is installed, else in a process pool; --scheduler runs
+    per worker) when polyculture\\[dist] is installed, else in a process pool; --scheduler runs
     them on an existing Dask cluster instead.
     """
     from polyculture.run import run_study
