@@ -20,6 +20,7 @@ import pytest
 import tomli_w
 
 from conftest import tiny_study
+from polyculture.measure.cost import VARYING_COLUMNS
 from test_data import synthetic_idx
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
@@ -273,7 +274,7 @@ def test_killed_run_resumes_to_the_same_tables(
     a = pd.read_parquet(interrupted / "killme" / "tables" / "predictions.parquet")
     b = pd.read_parquet(tmp_path / "straight" / "killme" / "tables" / "predictions.parquet")
     pd.testing.assert_frame_equal(a, b)
-    drop = ["train_seconds"]
+    drop = ["train_seconds", *VARYING_COLUMNS]
     ma = pd.read_parquet(interrupted / "killme" / "tables" / "members.parquet").drop(columns=drop)
     mb = pd.read_parquet(tmp_path / "straight" / "killme" / "tables" / "members.parquet").drop(
         columns=drop

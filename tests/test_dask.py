@@ -16,6 +16,7 @@ import pytest
 
 from conftest import tiny_study
 from polyculture.errors import ExecutionError
+from polyculture.measure.cost import VARYING_COLUMNS
 from polyculture.run.runner import run_study
 from polyculture.run.study import expand, load_study
 
@@ -38,7 +39,7 @@ STUDY = tiny_study(
 def _tables(root: Path) -> dict[str, pd.DataFrame]:
     members = pd.read_parquet(root / "tables" / "members.parquet")
     predictions = pd.read_parquet(root / "tables" / "predictions.parquet")
-    numbers = members.drop(columns=["train_seconds"]).sort_values("member_id")
+    numbers = members.drop(columns=["train_seconds", *VARYING_COLUMNS]).sort_values("member_id")
     return {"members": numbers.reset_index(drop=True), "predictions": predictions}
 
 

@@ -29,6 +29,8 @@ ZOO_SECTIONS = {
     "failures",
     "systemic",
     "diversity",
+    "cost",
+    "selection",
 }
 AUDIT_SECTIONS = {"overview", "performance", "agreement", "failures", "systemic", "diversity"}
 

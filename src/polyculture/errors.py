@@ -58,3 +58,16 @@ class MeasureInputError(PolycultureError, ValueError):
 
     Also a :class:`ValueError`, so code that treats measures like NumPy functions can catch it.
     """
+
+
+class PluginError(PolycultureError):
+    """A plugin (a module, a file or an entry point) failed to import or to register."""
+
+
+class ConformanceError(PolycultureError):
+    """A dataset, model family or metric breaks a rule every one of them must follow
+    (see :mod:`polyculture.testing`)."""
+
+
+class ExportError(PolycultureError):
+    """An exported model failed a check (ONNX checker, parity with PyTorch)."""

@@ -21,6 +21,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from polyculture.cli.export_command import export
+from polyculture.cli.select_command import EPILOG as SELECT_EPILOG
+from polyculture.cli.select_command import select
 from polyculture.errors import PolycultureError
 from polyculture.measure.ecosystem import ecosystem_finding
 
@@ -109,7 +112,8 @@ def run(
     them on an existing Dask cluster instead.
     """
     from polyculture.run import run_study
-    from polyculture.run.study import MemberPlan
+    from polyculture.run.runner import run_suite
+    from polyculture.run.study import MemberPlan, load_suite
 
     _check_format(fmt)
     overrides = list(set_ or [])
@@ -129,7 +133,8 @@ def run(
     bar: dict[str, Any] = {}
 
     def on_start(pending: int, done: int) -> None:
-        bar["id"] = progress.add_task("members", total=pending + done, last="")
+        label = bar.get("part", "members")
+        bar["id"] = progress.add_task(escape(label), total=pending + done, last="")
         if done:
             errors.print(f"resuming: {done} finished member(s) reused, {pending} to train")
 
@@ -142,24 +147,56 @@ def run(
             last = escape(f"{plan.label} seed {plan.seed}: test acc {test:.3f}")
         progress.update(bar["id"], advance=1, last="" if skipped else last)
 
+    options: dict[str, Any] = {
+        "workers": workers,
+        "device": device,
+        "on_member": on_member,
+        "on_start": on_start,
+        "scheduler": scheduler,
+        "on_cluster": lambda line: (
+            errors.print(escape(line), highlight=False) if not quiet and fmt == "table" else None
+        ),
+    }
+    if load_suite(study) is not None:
+
+        def on_part(name: str, index: int, count: int) -> None:
+            bar["part"] = f"{name} ({index + 1}/{count})"
+
+        with progress:
+            parts = run_suite(study, out, overrides, on_part=on_part, **options)
+        _print_suite(parts, fmt)
+        return
     with progress:
-        results = run_study(
-            study,
-            out,
-            overrides,
-            workers=workers,
-            device=device,
-            on_member=on_member,
-            on_start=on_start,
-            scheduler=scheduler,
-            on_cluster=lambda line: (
-                errors.print(escape(line), highlight=False)
-                if not quiet and fmt == "table"
-                else None
-            ),
-        )
+        results = run_study(study, out, overrides, **options)
     _print_summary(results, fmt)
     _finish(results.root, fmt)
+
+
+def _print_suite(parts: list[Any], fmt: str) -> None:
+    """Per study of a suite: members, and each sweep's metric-swap verdict; then the report."""
+    folder = parts[0].root.parent
+    summary = []
+    for results in parts:
+        path = results.root / "tables" / "emergence_verdicts.parquet"
+        verdicts = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        summary.append(
+            {
+                "study": results.root.name,
+                "members": len(results.members),
+                "failed": int((results.members["status"] != "ok").sum()),
+                "verdicts": [] if verdicts.empty else verdicts["text"].astype(str).tolist(),
+            }
+        )
+    if fmt == "json":
+        console.print_json(json.dumps({"suite": str(folder), "studies": summary}))
+        return
+    for item in summary:
+        failed = f", {item['failed']} failed" if item["failed"] else ""
+        console.print(f"[bold]{escape(item['study'])}[/]: {item['members']} members{failed}")
+        for text in item["verdicts"]:
+            console.print(f"  metric swap: {escape(text)}")
+    console.print(f"suite folder: [bold]{escape(str(folder))}[/]")
+    console.print(f"report: [bold]{escape(str(folder / 'report.html'))}[/]")
 
 
 def _finish(root: Path, fmt: str) -> None:
@@ -181,10 +218,16 @@ def _finish(root: Path, fmt: str) -> None:
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (from `run` or `audit`).")],
 ) -> None:
-    """Rebuild RUN_DIR/report.html (self-contained, opens offline) from the stored tables."""
-    from polyculture.report import build_report
+    """Rebuild RUN_DIR/report.html (self-contained, opens offline) from the stored tables.
+
+    RUN_DIR may also be the folder of a suite (it holds suite.json).
+    """
+    from polyculture.report import build_report, build_suite_report
     from polyculture.run import load_run
 
+    if (run_dir / "suite.json").is_file():
+        console.print(f"report: [bold]{escape(str(build_suite_report(run_dir)))}[/]")
+        return
     load_run(run_dir)  # a clear error when this is not a run directory
     console.print(f"report: [bold]{escape(str(build_report(run_dir)))}[/]")
 
@@ -201,7 +244,12 @@ def show(
     _check_format(fmt)
     results = load_run(run_dir)
     if members:
+        from polyculture.measure.performance import BUILTIN_METRICS
+        from polyculture.run.emergence import metric_names
+
         frame = results.members
+        # Answer metrics (exact match, ...) and plugin metrics join accuracy.
+        extra = [f"test_{m}" for m in metric_names(frame) if m not in BUILTIN_METRICS]
         columns = [
             c
             for c in (
@@ -211,6 +259,7 @@ def show(
                 "test_accuracy",
                 "test_accuracy_ci_low",
                 "test_accuracy_ci_high",
+                *extra,
                 "n_parameters",
                 "train_seconds",
                 "reason",
@@ -339,6 +388,145 @@ def _print_frame(frame: pd.DataFrame, fmt: str, title: str) -> None:
 @app.command(
     epilog=(
         "Examples:\n\n"
+        "  polyculture emergence runs/emergence-addition\n\n"
+        "  polyculture emergence runs/emergence-addition --axis params --metric exact_match "
+        "--swap exact_match,accuracy\n\n"
+        "  polyculture emergence runs/sweep --model mlp --axis data --metric accuracy"
+    )
+)
+def emergence(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with a sweep.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Zoo entry to analyse (default: the study's [[sweeps]])."
+        ),
+    ] = None,
+    axis: Annotated[
+        str | None, typer.Option(help="Scale axis: params, data, steps or flops.")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="Test metric to fit (repeatable), e.g. exact_match."),
+    ] = None,
+    swap: Annotated[
+        str | None,
+        typer.Option(help="Metric-swap test: DISCONTINUOUS,CONTINUOUS, e.g. exact_match,accuracy."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Bootstrap replicates for break CIs (0 skips them).")
+    ] = 200,
+    fmt: FormatOption = "table",
+) -> None:
+    """Fit each metric of a sweep against scale: shape, break with CIs, breakthroughness,
+    extrapolation error, and the metric-swap verdict."""
+    from polyculture.run import load_run
+    from polyculture.run.emergence import Sweep, analyze_sweep, sweep_entries
+    from polyculture.run.study import SweepSpec
+
+    _check_format(fmt)
+    if (run_dir / "suite.json").is_file():
+        studies = json.loads((run_dir / "suite.json").read_text())["studies"]
+        with_sweeps = [
+            name
+            for name in studies
+            if model is not None or load_run(run_dir / name).study.get("sweeps")
+        ]
+        raise PolycultureError(
+            f"'{run_dir}' is a suite folder; analyse one of its studies",
+            hint="e.g. polyculture emergence "
+            + " or ".join(str(run_dir / name) for name in with_sweeps[:2]),
+        )
+    results = load_run(run_dir)
+    pair: tuple[str, str] | None = None
+    if swap is not None:
+        names = [name.strip() for name in swap.split(",")]
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise PolycultureError(
+                f"--swap '{swap}' is not two different metrics",
+                hint="write DISCONTINUOUS,CONTINUOUS, e.g. --swap exact_match,accuracy",
+            )
+        pair = (names[0], names[1])
+    declared = [SweepSpec.model_validate(raw) for raw in results.study.get("sweeps", [])]
+    if model is not None:
+        declared = [s for s in declared if s.zoo == model] or [SweepSpec(name=model, zoo=model)]
+    if not declared:
+        known = ", ".join(sweep_entries(results.members)) or "(none with 4 or more grid points)"
+        raise PolycultureError(
+            f"'{run_dir}' declares no [[sweeps]]; name the zoo entry to analyse",
+            hint=f"pass --model ENTRY; sweepable entries: {known}",
+        )
+    output: list[dict[str, Any]] = []
+    for spec in declared:
+        base = Sweep.from_spec(spec, n_boot=bootstrap)
+        metrics = tuple(metric) if metric else base.metrics
+        if pair is not None or metric:
+            metrics = tuple(dict.fromkeys([*metrics, *(pair or ())]))
+        sweep = Sweep(
+            base.name,
+            base.zoo,
+            axis or base.axis,
+            metrics,
+            pair if pair is not None else (base.swap if not metric else None),
+            bootstrap,
+        )
+        tables = analyze_sweep(results.members, sweep)
+        output.append({"sweep": sweep, "tables": tables})
+    if fmt == "json":
+        console.print_json(
+            json.dumps(
+                [
+                    {
+                        "sweep": item["sweep"].name,
+                        "zoo": item["sweep"].zoo,
+                        "axis": item["sweep"].axis,
+                        "curves": json.loads(item["tables"]["curves"].to_json(orient="records")),
+                        "verdicts": json.loads(
+                            item["tables"]["verdicts"].to_json(orient="records")
+                        ),
+                        "fits": json.loads(item["tables"]["fits"].to_json(orient="records")),
+                    }
+                    for item in output
+                ]
+            )
+        )
+        return
+    for item in output:
+        _print_sweep(item["sweep"], item["tables"])
+
+
+def _print_sweep(sweep: Any, tables: dict[str, pd.DataFrame]) -> None:
+    from polyculture.run.emergence import AXIS_TITLES
+
+    title = escape(f"sweep '{sweep.name}': zoo entry '{sweep.zoo}' over {AXIS_TITLES[sweep.axis]}")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("metric", "shape", "break at [95% CI]", "B/step", "linearity", "extrap. err"):
+        table.add_column(column)
+    for row in tables["curves"].itertuples(index=False):
+        where = "none"
+        if row.has_break:
+            where = (
+                f"{_count(row.break_location)} [{_count(row.break_location_ci_low)}, "
+                f"{_count(row.break_location_ci_high)}]"
+            )
+        table.add_row(
+            escape(str(row.metric)),
+            escape(str(row.shape)),
+            where,
+            _fmt(row.breakthroughness_per_step, 2),
+            _fmt(row.linearity, 2),
+            _fmt(row.extrapolation_abs_error),
+        )
+    console.print(table)
+    for row in tables["curves"].itertuples(index=False):
+        console.print(f"  {escape(str(row.metric))}: {row.shape} ({escape(str(row.reason))})")
+    for verdict in tables["verdicts"].itertuples(index=False):
+        console.print(f"metric swap: [bold]{escape(str(verdict.text))}[/]")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
         "  polyculture audit vendors.csv                  # long or wide layout, detected\n\n"
         "  polyculture audit preds.parquet --group sex --group race --intersect\n\n"
         "  polyculture audit scores.csv --model-col system --prediction-col decision"
@@ -398,12 +586,29 @@ def audit(
     _finish(results.root, fmt)
 
 
-@app.command()
-def datasets(fmt: FormatOption = "table") -> None:
-    """List the registered datasets with their options."""
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin", "-p", help="Load a plugin first: a module or a .py file (repeatable)."
+    ),
+]
+
+
+def _load_plugins(plugins: list[str] | None) -> None:
+    """Installed (entry-point) plugins, then the ones named on the command line."""
+    from polyculture.plugins import load_entry_point_plugins, load_plugins
+
+    load_entry_point_plugins()
+    load_plugins(list(plugins or []), Path.cwd())
+
+
+@app.command(epilog="Example:\n\n  polyculture datasets --plugin my_plugins.py")
+def datasets(fmt: FormatOption = "table", plugin: PluginOption = None) -> None:
+    """List the registered datasets with their options and where each comes from."""
     from polyculture.data import DATASETS
 
     _check_format(fmt)
+    _load_plugins(plugin)
     rows = []
     for name in DATASETS.names():
         entry = DATASETS.get(name)
@@ -411,6 +616,7 @@ def datasets(fmt: FormatOption = "table") -> None:
         rows.append(
             {
                 "name": name,
+                "origin": DATASETS.origin(name),
                 "modality": entry.modality,
                 "needs_path": entry.needs_path,
                 "description": entry.description,
@@ -420,12 +626,13 @@ def datasets(fmt: FormatOption = "table") -> None:
     _print_registry(rows, fmt, "datasets", "options")
 
 
-@app.command()
-def models(fmt: FormatOption = "table") -> None:
-    """List the registered model families with their knobs and defaults."""
+@app.command(epilog="Example:\n\n  polyculture models --plugin my_package.families")
+def models(fmt: FormatOption = "table", plugin: PluginOption = None) -> None:
+    """List the registered model families with their knobs, defaults and origin."""
     import polyculture.zoo as zoo
 
     _check_format(fmt)
+    _load_plugins(plugin)
     rows = []
     for name in zoo.FAMILIES.names():
         entry = zoo.FAMILIES.get(name)
@@ -433,6 +640,7 @@ def models(fmt: FormatOption = "table") -> None:
         rows.append(
             {
                 "name": name,
+                "origin": zoo.FAMILIES.origin(name),
                 "kind": entry.kind,
                 "modalities": sorted(entry.modalities),
                 "description": entry.description,
@@ -440,6 +648,38 @@ def models(fmt: FormatOption = "table") -> None:
             }
         )
     _print_registry(rows, fmt, "model families", "knobs")
+
+
+@app.command(epilog="Example:\n\n  polyculture metrics --format json")
+def metrics(fmt: FormatOption = "table", plugin: PluginOption = None) -> None:
+    """List the per-split metrics every member gets (built-in and from plugins)."""
+    from polyculture.measure.performance import ANSWER_METRICS, METRICS
+
+    _check_format(fmt)
+    _load_plugins(plugin)
+    rows = []
+    for name in METRICS.names_in_order():
+        entry = METRICS.get(name)
+        rows.append(
+            {
+                "name": name,
+                "origin": METRICS.origin(name),
+                "direction": "higher is better" if entry.higher_is_better else "lower is better",
+                "needs_groups": entry.needs_groups,
+                "description": entry.description,
+            }
+        )
+    for name in ANSWER_METRICS:
+        rows.append(
+            {
+                "name": name,
+                "origin": "polyculture",
+                "direction": "lower is better" if name == "edit_distance" else "higher is better",
+                "needs_groups": False,
+                "description": "tasks whose answers span several tokens (e.g. addition)",
+            }
+        )
+    _print_registry(rows, fmt, "metrics", "")
 
 
 def _default(field: Any) -> Any:
@@ -463,6 +703,19 @@ def _print_registry(rows: list[dict[str, Any]], fmt: str, title: str, knob_key: 
             cells.append(escape(str(value)))
         table.add_row(*cells)
     console.print(table)
+
+
+app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  polyculture export runs/mnist1d cnn\n\n"
+        "  polyculture export runs/mnist1d 'cnn(depth=3,width=32)@1' --quantize int8\n\n"
+        "  polyculture export runs/mnist1d 3f2a91 --out model.onnx --json"
+    )
+)(export)
+
+
+app.command(epilog=SELECT_EPILOG)(select)
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """data: dataset builders behind one registry, producing :class:`~polyculture.data.task.Task`.
 
 Importing this package registers the built-in datasets (``mnist1d``, ``idx``, ``digits``, ``csv``,
-``text_csv``, ``phrasebank``).
+``text_csv``, ``phrasebank``, and the synthetic ``modular_addition``, ``addition`` and
+``sparse_parity``).
 """
 
-from polyculture.data import digits, idx, mnist1d, tabular, text  # noqa: F401  (registers datasets)
+from polyculture.data import digits, idx, mnist1d, synthetic, tabular, text  # noqa: F401  (registers datasets)
 from polyculture.data.augment import DEFAULT_SHIFTS, Perturbation, perturb
 from polyculture.data.builders import DATASETS, DataSpec, RawData, build_task, dataset
 from polyculture.data.task import MODALITIES, CleaningStep, Modality, Split, Task

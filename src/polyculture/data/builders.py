@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sklearn.model_selection import train_test_split
 
 from polyculture.data.augment import DEFAULT_SHIFTS, Perturbation, perturb
-from polyculture.data.task import CleaningStep, Modality, Split, Task
-from polyculture.errors import ConfigError, DataError
+from polyculture.data.task import MODALITIES, CleaningStep, Modality, Split, Task
+from polyculture.errors import ConfigError, DataError, RegistryError
 from polyculture.registry import Registry
 from polyculture.validation import as_config_error
 
@@ -87,7 +87,9 @@ class RawData:
     ``x_*`` are float arrays ``(n, *input_shape)`` (int64 token ids ``(n, max_length)`` for
     text, with the raw strings in ``texts_*`` and the tokens in ``vocabulary``); ``y_*`` are int64
     class indices into ``class_names``. ``index_*`` are the rows' positions in the source (default
-    ``0..n-1``).
+    ``0..n-1``). ``answer_length > 1`` makes a task whose answers span several rows (the digits of
+    a sum): row ``i`` is position ``index % answer_length`` (0 = first) of problem
+    ``index // answer_length``, and the validation split keeps each problem whole.
     """
 
     modality: Modality
@@ -107,6 +109,7 @@ class RawData:
     texts_train: tuple[str, ...] | None = None
     texts_test: tuple[str, ...] | None = None
     vocabulary: tuple[str, ...] = ()
+    answer_length: int = 1
 
 
 BuildFunction = Callable[[Path | None, Any], RawData]
@@ -154,7 +157,19 @@ def dataset(
     True
     """
 
+    if modality not in MODALITIES:
+        raise RegistryError(
+            f"dataset '{name}': modality must be one of {', '.join(MODALITIES)}, got {modality!r}"
+        )
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        raise RegistryError(
+            f"dataset '{name}': options must be a pydantic model class, got {options!r}",
+            hint="subclass pydantic.BaseModel with model_config = ConfigDict(extra='forbid')",
+        )
+
     def add(build: BuildFunction) -> BuildFunction:
+        if not callable(build):
+            raise RegistryError(f"dataset '{name}': the decorated object is not callable")
         DATASETS.add(name, DatasetBuilder(name, build, options, description, modality, needs_path))
         return build
 
@@ -237,7 +252,9 @@ def _finish(spec: DataSpec, raw: RawData) -> Task:
 
     train_full = _to_split(*splits["train"])
     test = _to_split(*splits["test"])
-    train, val = _carve_validation(train_full, spec)
+    if raw.answer_length < 1:
+        raise DataError(f"answer_length must be at least 1, got {raw.answer_length}")
+    train, val = _carve_validation(train_full, spec, raw.answer_length)
     shifted = _shifted_sets(test, raw.modality, spec)
     return Task(
         name=spec.name,
@@ -252,6 +269,7 @@ def _finish(spec: DataSpec, raw: RawData) -> Task:
         reference_accuracy=dict(raw.reference_accuracy),
         reference_source=raw.reference_source,
         vocabulary=tuple(raw.vocabulary),
+        answer_length=raw.answer_length,
     )
 
 
@@ -434,10 +452,70 @@ def stratified_shards(labels: np.ndarray, count: int, seed: int = 0) -> list[np.
     return [np.sort(np.array(part, dtype=np.int64)) for part in parts]
 
 
-def _carve_validation(train: Split, spec: DataSpec) -> tuple[Split, Split]:
-    """Seeded validation split, stratified by label where possible."""
-    fit_rows, val_rows = seeded_split(train.y.numpy(), spec.val_fraction, spec.seed)
+def nested_fraction(
+    labels: np.ndarray, fraction: float, seed: int = 0, problems: np.ndarray | None = None
+) -> np.ndarray:
+    """Sorted row positions of a seeded, stratified ``fraction`` of the rows; nested in fraction.
+
+    Rows are ordered once by a seeded key (within each class, a random rank divided by the class
+    size, so every prefix keeps the label mix) and the first ``ceil(fraction * n)`` are kept:
+    the subset for a smaller fraction lies inside the subset for a larger one, as a data-scaling
+    sweep needs. With ``problems`` (one id per row), whole problems are kept instead.
+
+    Examples
+    --------
+    >>> labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    >>> small, large = nested_fraction(labels, 0.25), nested_fraction(labels, 0.5)
+    >>> sorted(labels[small].tolist()), bool(np.isin(small, large).all())
+    ([0, 1], True)
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"fraction {fraction} is outside (0, 1]", hint="use e.g. 0.1 or 0.5")
+    rng = np.random.default_rng(seed)
+    if problems is not None:
+        unique = rng.permutation(np.unique(problems))
+        kept = unique[: max(1, math.ceil(fraction * len(unique)))]
+        return np.flatnonzero(np.isin(problems, kept))
+    # Rank r of n_c rows of a class gets key (r + 1/2) / n_c (Webster's divisor method, which
+    # never takes a row away from a class as the fraction grows); a tiny seeded jitter breaks
+    # ties between classes of equal size at random.
+    key = np.empty(len(labels))
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        key[rows] = (rng.permutation(len(rows)) + 0.5) / len(rows)
+    key += rng.random(len(labels)) * 1e-9
+    order = np.argsort(key, kind="stable")
+    return np.sort(order[: max(1, math.ceil(fraction * len(labels)))])
+
+
+def _carve_validation(train: Split, spec: DataSpec, answer_length: int = 1) -> tuple[Split, Split]:
+    """Seeded validation split, stratified by label where possible; whole problems when
+    answers span several rows."""
+    if answer_length == 1:
+        fit_rows, val_rows = seeded_split(train.y.numpy(), spec.val_fraction, spec.seed)
+    else:
+        fit_rows, val_rows = problem_split(
+            train.instance_ids().numpy(), answer_length, spec.val_fraction, spec.seed
+        )
     return train.subset(torch.from_numpy(fit_rows)), train.subset(torch.from_numpy(val_rows))
+
+
+def problem_split(
+    index: np.ndarray, answer_length: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`seeded_split`, but holding out whole problems (``index // answer_length``).
+
+    Examples
+    --------
+    >>> kept, held = problem_split(np.arange(8), 2, 0.25, seed=0)  # 4 problems of 2 rows
+    >>> len(kept), len(held), bool((held[1::2] - held[::2] == 1).all())
+    (6, 2, True)
+    """
+    problems = index // answer_length
+    unique = np.unique(problems)
+    _, held = seeded_split(np.zeros(len(unique), dtype=np.int64), fraction, seed)
+    held_rows = np.isin(problems, unique[held])
+    return np.flatnonzero(~held_rows), np.flatnonzero(held_rows)
 
 
 def _shifted_sets(test: Split, modality: Modality, spec: DataSpec) -> dict[str, Split]:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -30,6 +31,11 @@ PAD_ID = 0
 """Token id of padding in text tasks."""
 UNKNOWN_ID = 1
 """Token id of words outside the vocabulary in text tasks."""
+
+
+def join_groups(groups: pd.DataFrame) -> pd.Series:
+    """Each row's group attributes as one label (intersectional groups), joined by ``" x "``."""
+    return groups.astype(str).agg(" x ".join, axis=1)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,17 @@ class Split:
         index = self.instance_ids()[rows]
         texts = None if self.texts is None else tuple(self.texts[i] for i in rows.tolist())
         return Split(self.x[rows], self.y[rows], groups, index, texts)
+
+    def group_labels(self) -> np.ndarray | None:
+        """One label per instance, its group attributes joined by ``" x "`` (None without groups).
+
+        Examples
+        --------
+        >>> groups = pd.DataFrame({"sex": ["f", "m"], "age": ["old", "young"]})
+        >>> Split(torch.zeros(2, 1), torch.zeros(2).long(), groups).group_labels().tolist()
+        ['f x old', 'm x young']
+        """
+        return None if self.groups is None else join_groups(self.groups).to_numpy()
 
     def instance_ids(self) -> torch.Tensor:
         """Stable instance ids: ``index`` when set, else ``0..n-1``."""
@@ -109,6 +126,11 @@ class Task:
         Published test accuracies by model family, where a publication gives one.
     vocabulary
         Text tasks: the token of each id (``vocabulary[0]`` is padding, ``[1]`` unknown).
+    answer_length
+        Rows per answer: ``1`` for ordinary classification; ``L > 1`` when each answer is a
+        sequence of ``L`` class tokens (the digits of a sum), one row per position. Row ``i`` of a
+        split is then position ``instance_ids()[i] % L`` of problem ``instance_ids()[i] // L``;
+        exact match, edit distance and the answer's log-likelihood score whole problems.
     """
 
     name: str
@@ -123,6 +145,7 @@ class Task:
     reference_accuracy: dict[str, float] = field(default_factory=dict)
     reference_source: str = ""
     vocabulary: tuple[str, ...] = ()
+    answer_length: int = 1
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -146,7 +169,10 @@ class Task:
         Member ids use it, so an edited data file retrains its members while the same data read
         from another path does not.
         """
-        digest = hashlib.sha256(f"{self.modality}|{self.class_names}".encode())
+        header = f"{self.modality}|{self.class_names}"
+        if self.answer_length != 1:  # only where set, so other tasks keep their fingerprints
+            header += f"|answer_length={self.answer_length}"
+        digest = hashlib.sha256(header.encode())
         for name, split in [("train", self.train), *self.eval_splits()]:
             digest.update(name.encode())
             for tensor in (split.x, split.y, split.instance_ids()):
@@ -170,4 +196,5 @@ class Task:
             ),
             "cleaning": [vars(step) for step in self.cleaning],
             "vocabulary_size": len(self.vocabulary),
+            "answer_length": self.answer_length,
         }

@@ -62,11 +62,13 @@ from polyculture.measure.homogenization import (
 from polyculture.measure.paired import mcnemar, paired_bootstrap
 from polyculture.measure.performance import (
     METRICS,
+    Metric,
     accuracy,
     brier,
     classification_metrics,
     expected_calibration_error,
     macro_f1,
+    metric,
     nll,
 )
 from polyculture.measure.similarity import (
@@ -94,6 +96,7 @@ __all__ = [
     "Extrapolation",
     "FailureCountDistribution",
     "Homogenization",
+    "Metric",
     "MetricSwapVerdict",
     "SameWrong",
     "StreamingCKA",
@@ -131,6 +134,7 @@ __all__ = [
     "linear_cka",
     "macro_f1",
     "mcnemar",
+    "metric",
     "metric_swap_verdict",
     "mutual_knn",
     "nll",

@@ -7,6 +7,6 @@ Usage::
     build_report("runs/mnist1d")  # -> runs/mnist1d/report.html (+ runs/mnist1d/report_tables/)
 """
 
-from polyculture.report.html import build_report
+from polyculture.report.html import build_report, build_suite_report
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "build_suite_report"]

@@ -281,3 +281,81 @@ def interval_panels(
         axes[0].set_yticks(rows, [short(n) for n in names])
         fig.suptitle(title, x=0.01, ha="left", fontsize=10)
     return to_svg(fig, key)
+
+
+def _log_axis(ax: Any, which: str = "x") -> None:
+    """A log-scaled axis with plain-number ticks (the report's rc disables mathtext)."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+ScalingPanel = tuple[
+    str, np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], tuple[float, ...] | None
+]
+"""(metric, scales, values, fitted curves by name -> (x, y), break (location, low, high))."""
+
+
+def scaling_panels(panels: Sequence[ScalingPanel], axis_title: str, title: str, key: str) -> str:
+    """One panel per metric: every member (dots), the fitted curves, and the break with its CI.
+
+    Scales are on a log axis; a shaded band marks the break's bootstrap CI.
+    """
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = _figure(2.9 * columns + 0.6, 2.6 * rows + 0.5)
+    with mpl.rc_context(_RC):
+        axes = fig.subplots(rows, columns, squeeze=False).ravel()
+        for ax, (metric, x, y, curves, found) in zip(axes, panels, strict=False):
+            ax.plot(x, y, "o", color=OKABE_ITO[0], ms=3.5, alpha=0.7, label="members")
+            for index, (name, (cx, cy)) in enumerate(curves.items()):
+                s = style(index + 1)
+                ax.plot(cx, cy, color=s["color"], linestyle=s["linestyle"], lw=1.3, label=name)
+            if found is not None:
+                location, low, high = found
+                ax.axvline(location, color="0.3", lw=0.8, ls=":")
+                if np.isfinite(low) and np.isfinite(high):
+                    ax.axvspan(low, high, color="0.85", alpha=0.6, lw=0)
+            _log_axis(ax)
+            ax.set_xlabel(axis_title)
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        axes[0].legend(fontsize=7, frameon=False)
+        fig.suptitle(title, x=0.01, ha="left", fontsize=10)
+    return to_svg(fig, key)
+
+
+def generalization_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, key: str
+) -> str:
+    """Training (faint) and held-out (bold) accuracy against optimizer step, one colour per model.
+
+    ``curves`` maps a model name to (steps, training accuracy, held-out accuracy).
+    """
+    fig = _figure(6.5, 3.2)
+    with mpl.rc_context(_RC):
+        ax = fig.add_subplot()
+        for index, (name, (steps, train, heldout)) in enumerate(curves.items()):
+            s = style(index)
+            ax.plot(
+                steps,
+                100 * heldout,
+                label=short(name, 36),
+                ms=0,
+                lw=1.6,
+                **{k: v for k, v in s.items() if k != "marker"},
+            )
+            ax.plot(steps, 100 * train, color=s["color"], lw=0.9, alpha=0.55)
+        for level in (50, 90):
+            ax.axhline(level, color="0.6", lw=0.6, ls=":")
+        if all(len(steps) and steps.min() > 0 for steps, _, _ in curves.values()):
+            _log_axis(ax)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+        fig.suptitle(title, x=0.01, ha="left", fontsize=10)
+    return to_svg(fig, key)

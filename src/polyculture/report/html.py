@@ -32,9 +32,13 @@ import pandas as pd
 from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
+from polyculture.errors import RunStoreError
 from polyculture.measure.ecosystem import STATISTICS as ECOSYSTEM_STATISTICS
 from polyculture.measure.ecosystem import ecosystem_finding
+from polyculture.measure.performance import BUILTIN_METRICS
 from polyculture.report import figures
+from polyculture.run.emergence import AXIS_TITLES, metric_names
+from polyculture.run.emergence import CROSSING_THRESHOLDS as CROSSING_LEVELS
 from polyculture.run.results import RunResults, load_run
 from polyculture.run.store import write_text
 from polyculture.zoo.base import final_layer
@@ -168,8 +172,10 @@ class _Csv:
     def __init__(self, root: Path) -> None:
         self.folder = root / TABLES_DIR
         self.written: dict[str, str] = {}
+        self.prefix = ""  # set while one study of a suite report adds its tables
 
     def add(self, name: str, frame: pd.DataFrame) -> str:
+        name = f"{self.prefix}{name}"
         self.written[f"{name}.csv"] = frame.to_csv(index=False, lineterminator="\n")
         return f"{TABLES_DIR}/{name}.csv"
 
@@ -328,6 +334,8 @@ def _performance(results: RunResults, labels: dict[str, str], csv: _Csv) -> Sect
     def column(frame: pd.DataFrame, name: str) -> pd.Series:
         return frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
 
+    # Metrics beyond the built-ins: answer metrics (exact match, ...) and plugin metrics.
+    extra = [name for name in metric_names(ok, SPLIT) if name not in BUILTIN_METRICS]
     rows = []
     for row in summary.itertuples(index=False):
         group = ok[ok["name"] == row.name]
@@ -348,6 +356,8 @@ def _performance(results: RunResults, labels: dict[str, str], csv: _Csv) -> Sect
             "ECE": num(row.ece_mean),
             "parameters": _count(row.n_parameters),
         }
+        for name in extra:
+            entry[name] = num(column(group, f"{SPLIT}_{name}").mean())
         if summary["published"].notna().any():
             entry["published vs measured"] = (
                 f"{pct(row.published)} vs {pct(row.accuracy_mean)} "
@@ -382,6 +392,16 @@ def _performance(results: RunResults, labels: dict[str, str], csv: _Csv) -> Sect
                 "NLL": num(record.get(f"{SPLIT}_nll")),
                 "Brier": num(record.get(f"{SPLIT}_brier")),
                 "ECE": num(record.get(f"{SPLIT}_ece")),
+                **{
+                    name: num(record.get(f"{SPLIT}_{name}"))
+                    + (
+                        " " + interval(low, high, num)
+                        if _finite(low := record.get(f"{SPLIT}_{name}_ci_low"))
+                        and _finite(high := record.get(f"{SPLIT}_{name}_ci_high"))
+                        else ""
+                    )
+                    for name in extra
+                },
                 "train s": num(record.get("train_seconds"), 2),
             }
         )
@@ -1049,6 +1069,184 @@ def _ecosystems(results: RunResults, csv: _Csv) -> Section | None:
     return section
 
 
+def _scale(value: Any) -> str:
+    """A scale value (parameters, rows, FLOPs) in 3 significant digits."""
+    return "—" if not _finite(value) else f"{float(value):.3g}"
+
+
+def _emergence(results: RunResults, csv: _Csv, part: str = "") -> Section | None:
+    """The emergence section; ``part`` names the study inside a suite report (ids, titles)."""
+    sweeps = results.study.get("sweeps", []) or []
+    curves = _optional_table(results, "emergence_curves")
+    notes = _optional_table(results, "emergence_notes")
+    if not sweeps and curves is None:
+        return None
+    section = Section(
+        f"emergence-{part}" if part else "emergence",
+        f"{part}: emergence against scale" if part else "Emergence: abilities against scale",
+    )
+    verdicts = _optional_table(results, "emergence_verdicts")
+    for row in [] if verdicts is None else verdicts.to_dict("records"):
+        section.intro.append(f"Sweep {row['sweep']}: {row['text']}.")
+    section.intro.append(
+        "Each sweep places the members of one zoo entry on a scale axis and fits every metric "
+        "with a power law, a sigmoid in log scale and a broken power law (Caballero et al. 2022). "
+        "A curve jumps when a sharp fit beats the power law (ΔBIC ≥ 10 and a nested F-test), "
+        "is flat and then steep over at most 35% of the log range, and concentrates its change "
+        "(BIG-bench breakthroughness per step ≥ 1). Breaks come with 95% bootstrap CIs over "
+        "seeds. The metric-swap test (Schaeffer et al. 2023) asks whether a jump under a "
+        "discontinuous metric (exact match) survives a continuous one (per-token accuracy, "
+        "log-likelihood): if not, the jump is likely an artifact of the metric."
+    )
+    for row in [] if notes is None else notes.to_dict("records"):
+        section.intro.append(str(row["note"]))
+    points = _optional_table(results, "emergence_points")
+    if curves is not None and points is not None:
+        for sweep_name, sweep_curves in curves.groupby("sweep", sort=False):
+            _sweep_figure(section, str(sweep_name), sweep_curves, points, part)
+        rows = []
+        for row in curves.to_dict("records"):
+            where = "none"
+            if row["has_break"]:
+                where = (
+                    f"{_scale(row['break_location'])} "
+                    f"[{_scale(row['break_location_ci_low'])}, "
+                    f"{_scale(row['break_location_ci_high'])}]"
+                )
+            rows.append(
+                {
+                    "sweep": str(row["sweep"]),
+                    "axis": str(row["axis"]),
+                    "metric": str(row["metric"]),
+                    "shape": f"{row['shape']}: {row['reason']}",
+                    "break [95% CI]": where,
+                    "breakthroughness / step": num(row["breakthroughness_per_step"], 2),
+                    "linearity (R²)": num(row["linearity"], 2),
+                    "largest scale: observed / power-law forecast": (
+                        f"{num(row['extrapolated_observed'])} / "
+                        f"{num(row['extrapolated_predicted'])}"
+                    ),
+                }
+            )
+        path = csv.add("emergence_curves", curves)
+        section.tables.append(
+            _table(
+                "Shape of each metric over scale",
+                pd.DataFrame(rows),
+                numeric=["breakthroughness / step", "linearity (R²)"],
+                csv=path,
+            )
+        )
+    _generalization(results, section, csv, part)
+    return section
+
+
+def _sweep_figure(
+    section: Section, sweep: str, curves: pd.DataFrame, points: pd.DataFrame, part: str = ""
+) -> None:
+    """One panel per metric of a sweep: members, the power law and the best sharp fit."""
+    from polyculture.measure.emergence import fit_curve
+
+    axis = str(curves["axis"].iloc[0])
+    panels: list[figures.ScalingPanel] = []
+    for row in curves.to_dict("records"):
+        metric = str(row["metric"])
+        chosen = points[(points["sweep"] == sweep) & (points["metric"] == metric)]
+        x, y = chosen["scale"].to_numpy(float), chosen["value"].to_numpy(float)
+        grid = np.geomspace(x.min(), x.max(), 200)
+        fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for family in ("power_law", str(row["sharp_family"])):
+            fitted[family.replace("_", " ")] = (grid, fit_curve(x, y, family).predict(grid))  # type: ignore[arg-type]
+        found = None
+        if row["has_break"]:
+            found = (
+                float(row["break_location"]),
+                float(row["break_location_ci_low"]),
+                float(row["break_location_ci_high"]),
+            )
+        panels.append((metric, x, y, fitted, found))
+    jumps = [str(r["metric"]) for r in curves.to_dict("records") if r["shape"] == "jump"]
+    title = f"Sweep {sweep}: " + (
+        f"{', '.join(jumps)} jump{'s' if len(jumps) == 1 else ''}" if jumps else "no jump"
+    )
+    section.figures.append(
+        FigureView(
+            figures.scaling_panels(
+                panels, AXIS_TITLES.get(axis, axis), title, f"sweep-{part}-{sweep}"
+            ),
+            f"Scatter plots of {len(panels)} metrics against {AXIS_TITLES.get(axis, axis)} "
+            f"with fitted curves; {title}",
+            title + ". Dots: members (every seed); lines: fitted power law and the better sharp "
+            "fit; dotted line and grey band: break and its 95% bootstrap CI.",
+        )
+    )
+
+
+def _generalization(results: RunResults, section: Section, csv: _Csv, part: str = "") -> None:
+    """Training vs held-out accuracy over steps, and when each first reaches 50% and 90%."""
+    crossings = _optional_table(results, "emergence_crossings")
+    history = _optional_table(results, "history")
+    if crossings is None or history is None or "train_accuracy" not in history:
+        return
+    by_model = crossings.groupby(["name", "threshold"], sort=False)
+    summary = by_model[["train_step", "heldout_step", "delay"]].median().reset_index()
+    wide = summary.pivot(index="name", columns="threshold")
+    order = list(dict.fromkeys(crossings["name"].astype(str)))
+    delays = {
+        name: wide.loc[name, ("delay", CROSSING_LEVELS[-1])] if name in wide.index else np.nan
+        for name in order
+    }
+    ranked = sorted(order, key=lambda name: -np.nan_to_num(delays[name], nan=-1.0))[:6]
+    first_seed = crossings.sort_values("seed").drop_duplicates("name").set_index("name")
+    curves = {}
+    for name in ranked:
+        log = history[history["member_id"] == first_seed.loc[name, "member_id"]].sort_values("step")
+        curves[name] = (
+            log["step"].to_numpy(float),
+            log["train_accuracy"].to_numpy(float),
+            log["val_accuracy"].to_numpy(float),
+        )
+    top = ranked[0]
+    if _finite(delays[top]):
+        title = (
+            f"{figures.short(top, 40)}: training accuracy reaches 90% "
+            f"{_count(delays[top])} steps before held-out accuracy does"
+        )
+    else:
+        title = "Training and held-out accuracy over training"
+    section.figures.append(
+        FigureView(
+            figures.generalization_curves(curves, title, f"generalization-{part}"),
+            f"Line chart of training and held-out accuracy against step for {len(curves)} "
+            f"models; {title}",
+            title + " (first seed of each model; the models with the longest delay at 90%).",
+        )
+    )
+
+    def cell(name: str, column: str, level: float, missing: str) -> str:
+        value = wide.loc[name, (column, level)] if name in wide.index else np.nan
+        return _count(value) if _finite(value) else missing
+
+    rows = []
+    for name in order:
+        row = {"model": name}
+        for level in CROSSING_LEVELS:
+            row[f"train ≥ {level:.0%} at step"] = cell(name, "train_step", level, "never")
+            row[f"held-out ≥ {level:.0%} at step"] = cell(name, "heldout_step", level, "never")
+            row[f"delay at {level:.0%}"] = cell(name, "delay", level, "—")
+        rows.append(row)
+    path = csv.add("emergence_crossings", crossings)
+    section.tables.append(
+        _table(
+            "When training and held-out (validation) accuracy first reach 50% and 90% "
+            "(median over seeds; the first logged step at or above the level)",
+            pd.DataFrame(rows),
+            numeric=[c for c in rows[0] if c != "model"],
+            csv=path,
+        )
+    )
+
+
 def _diversity(results: RunResults, csv: _Csv) -> Section | None:
     table = _optional_table(results, "diversity")
     if table is None:
@@ -1139,6 +1337,60 @@ def render(sections: Sequence[Section], title: str, subtitle: str) -> str:
     return _URL.sub(r"\1&#58;", page)
 
 
+def build_suite_report(folder: str | Path) -> Path:
+    """Write ``FOLDER/report.html`` for a suite run by :func:`polyculture.run.run_suite`.
+
+    One overview row per study (task, members, link to its own report), then each study's
+    emergence section (sweep fits, the metric-swap verdicts, training vs held-out accuracy).
+
+    Raises
+    ------
+    RunStoreError
+        When ``folder`` has no ``suite.json`` or a study's run directory is missing.
+    """
+    folder = Path(folder)
+    try:
+        suite = json.loads((folder / "suite.json").read_text())
+    except (OSError, ValueError) as err:
+        raise RunStoreError(
+            f"'{folder}' is not a suite run folder ({err})",
+            hint="pass the folder `polyculture run <suite>` wrote, e.g. runs/emergence",
+        ) from None
+    csv = _Csv(folder)
+    overview = Section("overview", "Overview")
+    if suite.get("description"):
+        overview.intro.append(str(suite["description"]))
+    rows, sections = [], [overview]
+    for name in suite["studies"]:
+        results = load_run(folder / name)
+        members = results.members
+        rows.append(
+            {
+                "study": name,
+                "task": str(results.task.get("name", "?")),
+                "members (ok / all)": f"{int((members['status'] == 'ok').sum())} / {len(members)}",
+                "description": str(results.study.get("description", "")),
+                "report": f"{name}/{REPORT_NAME}",
+            }
+        )
+        csv.prefix = f"{name}-"
+        section = _emergence(results, csv, part=name)
+        if section is not None:
+            sections.append(section)
+    overview.tables.append(
+        _table("Studies of the suite (each has its own full report)", pd.DataFrame(rows))
+    )
+    page = render(
+        sections,
+        f"polyculture report: {suite['name']}",
+        f"Suite report · {len(rows)} studies",
+    )
+    csv.flush()
+    target = folder / REPORT_NAME
+    write_text(target, page)
+    return target
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report.html`` (and ``RUN_DIR/report_tables/*.csv``) from the stored files.
 
@@ -1169,6 +1421,8 @@ def build_report(run_dir: str | Path) -> Path:
     >>> build_report(folder / "demo").name
     'report.html'
     """
+    from polyculture.report.selection import selection_sections
+
     results = load_run(run_dir)
     root = results.root
     timing_path = root / "timing.json"
@@ -1189,7 +1443,9 @@ def build_report(run_dir: str | Path) -> Path:
         _failures(results, csv),
         _systemic(results, csv),
         _ecosystems(results, csv),
+        _emergence(results, csv),
         _diversity(results, csv),
+        *selection_sections(results, csv),
         _failed(results, labels, csv),
     ]
     sections = [s for s in candidates if s is not None]

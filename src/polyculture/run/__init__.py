@@ -1,7 +1,7 @@
 """run: study files, the run store and the study runner."""
 
 from polyculture.run.results import RunResults, load_run
-from polyculture.run.runner import assemble_tables, run_study
+from polyculture.run.runner import assemble_tables, run_study, run_suite
 from polyculture.run.store import RunStore
 from polyculture.run.study import BUILTIN_STUDIES, MemberPlan, Study, ZooEntry, expand, load_study
 
@@ -17,4 +17,5 @@ __all__ = [
     "load_run",
     "load_study",
     "run_study",
+    "run_suite",
 ]

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polyculture.data.task import join_groups
 from polyculture.measure.agreement import pairwise_agreement
 from polyculture.measure.diversity import diversity_report
 from polyculture.measure.ecosystem import Ecosystem, compare_ecosystems
@@ -116,7 +117,7 @@ def analyze_run(
                     )
             group_labels = None
             if groups is not None:
-                group_labels = groups.loc[instances].astype(str).agg(" x ".join, axis=1)
+                group_labels = join_groups(groups.loc[instances])
             position = {member_id: j for j, member_id in enumerate(ids)}
             for scope, scope_ids in _scopes(members):
                 columns = [position[i] for i in scope_ids]

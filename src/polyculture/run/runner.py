@@ -30,10 +30,19 @@ import torch
 from polyculture.data.builders import DataSpec, build_task
 from polyculture.data.task import Task
 from polyculture.errors import ConfigError, ExecutionError
-from polyculture.measure.performance import classification_metrics
+from polyculture.measure.cost import member_cost
+from polyculture.measure.performance import (
+    ANSWER_METRICS,
+    METRICS,
+    answer_metrics,
+    classification_metrics,
+)
+from polyculture.plugins import load_entry_point_plugins, load_plugins
 from polyculture.run.analyze import analyze_run
 from polyculture.run.distributed import dashboard_link, dask_available, dask_client, run_on_dask
+from polyculture.run.emergence import Sweep, analyze_emergence, check_sweep_metrics
 from polyculture.run.results import RunResults
+from polyculture.run.select import select_after_run
 from polyculture.run.store import (
     PREDICTION_COLUMNS,
     RunStore,
@@ -43,7 +52,14 @@ from polyculture.run.store import (
     write_table,
     write_text,
 )
-from polyculture.run.study import BackbonePlan, MemberPlan, Study, expand, load_study
+from polyculture.run.study import (
+    BackbonePlan,
+    MemberPlan,
+    Study,
+    expand,
+    load_study,
+    load_suite,
+)
 from polyculture.train.backbone import (
     backbone_features,
     feature_task,
@@ -133,6 +149,57 @@ def run_study(
         )
 
 
+def run_suite(
+    source: str | Path,
+    out: str | Path = "runs",
+    overrides: list[str] = (),  # type: ignore[assignment]
+    *,
+    on_part: Callable[[str, int, int], None] | None = None,
+    **options: Any,
+) -> list[RunResults]:
+    """Run every study of a suite into ``out / suite.name / study.name``, then its report.
+
+    Every study is loaded and validated (with ``overrides`` applied to each) before any trains.
+    ``options`` are passed to :func:`run_study` (``workers``, ``device``, ``on_member``, ...);
+    ``on_part`` is called with (study name, index, count) before each study runs. The suite
+    folder gets ``suite.json`` and a combined ``report.html`` with each study's emergence
+    results and links to the studies' own reports.
+
+    Examples
+    --------
+    >>> from polyculture.run.study import load_suite
+    >>> [str(part) for part in load_suite("emergence")[1]][:2]
+    ['emergence-modular-addition', 'emergence-addition']
+    """
+    from polyculture.report import build_suite_report
+
+    loaded = load_suite(source)
+    if loaded is None:
+        raise ConfigError(
+            f"'{source}' is a study, not a suite", hint="run it with run_study instead"
+        )
+    suite, parts = loaded
+    studies = [load_study(part, list(overrides)) for part in parts]
+    names = [study.name for study in studies]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"suite '{suite.name}' holds two studies named the same ({', '.join(names)})",
+            hint="give every study of the suite its own name",
+        )
+    folder = Path(out) / suite.name
+    results = []
+    for index, study in enumerate(studies):
+        if on_part is not None:
+            on_part(study.name, index, len(studies))
+        results.append(run_study(study, folder, **options))
+    write_text(
+        folder / "suite.json",
+        _json({"name": suite.name, "description": suite.description, "studies": names}),
+    )
+    build_suite_report(folder)
+    return results
+
+
 def _run_loaded(
     study: Study,
     out: Path,
@@ -153,6 +220,11 @@ def _run_loaded(
     task = build_task(study.data)  # fails on bad data before any file is written
     plans = expand(study, task.fingerprint())
     _check_inputs_readable(task, plans)
+    check_sweep_metrics(list(study.sweeps), task_metrics(task))
+    # A plugin metric that raises should stop the study now, not after every member trained.
+    y = task.test.y.numpy()
+    uniform = np.full((len(y), task.num_classes), 1.0 / task.num_classes)
+    classification_metrics(y, uniform, with_ci=False, groups=task.test.group_labels())
     store = RunStore(out / study.name)
     started = time.perf_counter()
     _write_resolved_study(store, study)
@@ -199,6 +271,12 @@ def _run_loaded(
         seed=study.evaluate.bootstrap_seed,
         ecosystems={eco.name: eco.models for eco in study.ecosystems},
     )
+    analyze_emergence(
+        store,
+        [Sweep.from_spec(sweep) for sweep in study.sweeps],
+        seed=study.evaluate.bootstrap_seed,
+    )
+    select_after_run(store.root, seed=study.evaluate.bootstrap_seed)
     _write_report(store)
     write_text(
         store.root / "timing.json",
@@ -261,6 +339,15 @@ def check_device(name: str) -> str:
     elif device.type != "cpu":
         raise ConfigError(f"device '{name}' is not supported", hint="use auto, cpu or cuda[:index]")
     return name
+
+
+def task_metrics(task: Task) -> list[str]:
+    """Names of the per-split metrics every member of ``task`` gets."""
+    grouped = task.test.groups is not None
+    names = [
+        name for name in METRICS.names_in_order() if grouped or not METRICS.get(name).needs_groups
+    ]
+    return [*names, *(ANSWER_METRICS if task.answer_length > 1 else ())]
 
 
 def _write_report(store: RunStore) -> None:
@@ -356,7 +443,9 @@ def _train_plan(
         "probe_size": study.evaluate.probe_size,
         "device": device,
         "shard": plan.shard,
+        "data_fraction": plan.data_fraction,
         "robustness": _robustness_check(study),
+        "cost": member_cost,
     }
     if plan.backbone is None:
         return train_member(task, plan.model, plan.train, plan.seed, **common)
@@ -440,9 +529,15 @@ def member_record(
     metrics: dict[str, dict[str, float]] = {}
     for split_name, split in task.eval_splits():
         if split_name in result.probabilities:
+            y, proba = split.y.numpy(), result.probabilities[split_name]
             metrics[split_name] = classification_metrics(
-                split.y.numpy(), result.probabilities[split_name], seed=bootstrap_seed
+                y, proba, seed=bootstrap_seed, groups=split.group_labels()
             )
+            if task.answer_length > 1:
+                metrics[split_name] |= answer_metrics(
+                    y, proba, split.instance_ids().numpy(), task.answer_length, seed=bootstrap_seed
+                )
+    examples_seen = result.steps * min(plan.train.batch_size, max(1, result.train_rows))
     return {
         "member_id": plan.member_id,
         "name": plan.label,
@@ -453,12 +548,19 @@ def member_record(
         "backbone": plan.backbone.spec.name if plan.backbone else "",
         "adapt": plan.adapt if plan.backbone else "",
         "shard": f"{plan.shard[0] + 1}/{plan.shard[1]}" if plan.shard else "",
+        "entry": plan.entry,
+        "data_fraction": plan.data_fraction,
         "train": plan.train.model_dump(mode="json") if plan.kind == "torch" else None,
         "status": result.status,
         "reason": result.reason,
         "n_parameters": result.n_parameters,
         "train_seconds": result.train_seconds,
         "steps": result.steps,
+        "train_rows": result.train_rows,
+        "flops_per_example": result.flops_per_example,
+        # The usual estimate: a backward pass costs about twice the forward pass.
+        "train_flops": 3.0 * result.flops_per_example * examples_seen,
+        **result.cost,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "robust_accuracy": result.robust_accuracy,
@@ -531,6 +633,8 @@ def worker_job(root: str, study_json: dict[str, Any], job: Job, device: str) -> 
     """Run one member or backbone in a worker process (process pool or Dask); its record."""
     import polyculture.data  # noqa: F401  (registers datasets in a fresh process)
 
+    load_entry_point_plugins()
+    load_plugins(study_json.get("plugins", []))  # the study's own datasets, families, metrics
     torch.set_num_threads(1)  # the same numbers as a serial run
     key = json.dumps(study_json["data"], sort_keys=True)
     if key not in _WORKER_TASKS:

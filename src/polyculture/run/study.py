@@ -2,8 +2,10 @@
 
 A study names the task (``[data]``), default training settings (``[train]``), the seeds, the zoo
 (``[[zoo]]`` entries: a family, its knobs, an optional grid of knob values and per-entry training
-overrides) and evaluation settings. :func:`load_study` reads a built-in study by name or a file,
-applies ``--set key=value`` overrides, and validates everything before anything runs: unknown keys,
+overrides), sweeps, ecosystems, evaluation settings, and the plugins it needs (modules or files
+that register datasets, families and metrics; loaded first). :func:`load_study` reads a built-in
+study by name or a file, applies ``--set key=value`` overrides, loads the plugins, and validates
+everything before anything runs: unknown keys,
 unknown families, bad knob values and families that cannot take the task's modality are errors.
 :func:`expand` turns a study into its members, each with a stable id.
 """
@@ -11,6 +13,7 @@ unknown families, bad knob values and families that cannot take the task's modal
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -23,6 +26,7 @@ import polyculture.data
 import polyculture.zoo  # noqa: F401  (registers families)
 from polyculture.data.builders import DATASETS, DataSpec, validate_options
 from polyculture.errors import ConfigError
+from polyculture.plugins import load_entry_point_plugins, load_plugins
 from polyculture.train.spec import TrainSpec
 from polyculture.validation import (
     as_config_error,
@@ -84,6 +88,9 @@ class ZooEntry(BaseModel):
     ``name`` is the display name of the entry's models (default: family and knobs, e.g.
     ``mlp(width=64)``); two entries whose models would share a name must set one.
     ``grid`` maps knob names to lists of values; the entry expands to their cartesian product.
+    A grid key may also be ``train.<setting>`` (e.g. ``train.epochs``: one member per value) or
+    ``data_fraction``. ``data_fraction`` trains on that share of the training split (a seeded,
+    stratified subset; smaller fractions are subsets of larger ones, so a data sweep is nested).
     ``train`` overrides keys of the study's ``[train]`` table for this entry only.
     ``backbone`` names a ``[[backbones]]`` entry: the family is then a head on the backbone's
     features, adapted by ``probe`` (frozen features, cached once per backbone) or ``finetune``
@@ -104,6 +111,12 @@ class ZooEntry(BaseModel):
     finetune_layers: int | None = Field(None, ge=1)
     seeds: list[int] | None = Field(None, min_length=1)
     shards: int | None = Field(None, ge=2)
+    data_fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+    @property
+    def entry_name(self) -> str:
+        """How sweeps and messages name the entry: its ``name``, else its family."""
+        return self.name or self.family
 
     @field_validator("grid")
     @classmethod
@@ -133,6 +146,42 @@ class EcosystemSpec(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     models: list[str] = Field(min_length=1)
     description: str = ""
+
+
+SWEEP_AXES = ("params", "data", "steps", "flops")
+"""Scale axes of a sweep: trainable parameters, training rows, optimizer steps, training FLOPs."""
+
+MIN_SWEEP_POINTS = 4
+"""Distinct scale points a sweep needs (the sigmoid has 4 parameters; the broken power law 6)."""
+
+
+class SweepSpec(BaseModel):
+    """One ``[[sweeps]]`` entry: a scaling sweep analysed for emergence.
+
+    The members of zoo entry ``zoo`` (one per grid point and seed) are placed on the scale
+    ``axis``: ``params`` (trainable parameters), ``data`` (training rows), ``steps`` (optimizer
+    steps) or ``flops`` (training FLOPs: 3 x forward FLOPs per example x examples seen). Each of
+    ``metrics`` (test-split metrics: ``accuracy``, ``nll``, ``brier``, ``exact_match``,
+    ``answer_log_likelihood``, ``edit_distance``, ...) is fitted against the axis (power law,
+    sigmoid, broken power law). ``swap`` names a discontinuous and a continuous metric for the
+    metric-swap test of Schaeffer et al. (2023).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    zoo: str
+    axis: Literal["params", "data", "steps", "flops"] = "params"
+    metrics: list[str] = Field(default=["accuracy"], min_length=1)
+    swap: tuple[str, str] | None = None
+    description: str = ""
+
+    @field_validator("swap")
+    @classmethod
+    def _two_metrics(cls, swap: tuple[str, str] | None) -> tuple[str, str] | None:
+        if swap is not None and swap[0] == swap[1]:
+            raise ValueError("swap needs two different metrics (discontinuous, continuous)")
+        return swap
 
 
 class EvaluateSpec(BaseModel):
@@ -181,6 +230,10 @@ class ExecutionSpec(BaseModel):
 class Study(BaseModel):
     """A whole study (what a study file holds).
 
+    ``plugins`` lists modules (``my_package.my_module``) or Python files (relative to the study
+    file) imported before the study is validated, so that it can use the datasets, families and
+    metrics they register (see :mod:`polyculture.plugins`).
+
     Examples
     --------
     >>> study = Study(name="tiny", data=DataSpec(name="digits"), zoo=[ZooEntry(family="logreg")])
@@ -192,12 +245,14 @@ class Study(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    plugins: list[str] = []
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
     data: DataSpec
     train: TrainSpec = TrainSpec()
     backbones: list[BackboneSpec] = []
     zoo: list[ZooEntry] = Field(min_length=1)
     ecosystems: list[EcosystemSpec] = []
+    sweeps: list[SweepSpec] = []
     evaluate: EvaluateSpec = EvaluateSpec()
     execution: ExecutionSpec = ExecutionSpec()
 
@@ -246,6 +301,10 @@ class MemberPlan:
     finetune_layers: int | None = None
     shard: tuple[int, int] | None = None
     """``(index, count)``: the member trains on shard ``index`` of ``count`` of the train split."""
+    entry: str = ""
+    """Name of the zoo entry the member comes from (see :attr:`ZooEntry.entry_name`)."""
+    data_fraction: float = 1.0
+    """Share of the training split the member trains on."""
 
     def describe(self) -> str:
         """How messages name this job."""
@@ -260,12 +319,84 @@ BUILTIN_STUDIES = (
     "sharing-text",
     "phrasebank",
     "banking77",
+    "emergence-modular-addition",
+    "emergence-addition",
+    "emergence-parity",
+    "emergence-mnist1d",
 )
 
 
+BUILTIN_SUITES = ("emergence",)
+"""Built-in suites: several studies run one after the other, with one combined report."""
+
+
 def builtin_study_text(name: str) -> str:
-    """The TOML text of a built-in study."""
+    """The TOML text of a built-in study or suite."""
     return (resources.files("polyculture") / "studies" / f"{name}.toml").read_text()
+
+
+class Suite(BaseModel):
+    """A suite file: several studies (one task each) run into one folder, with one report.
+
+    ``studies`` lists built-in study names or study files (relative to the suite file). Each
+    runs into ``OUT/<suite name>/<study name>/``, a complete run directory of its own.
+
+    Examples
+    --------
+    >>> Suite(name="pair", studies=["mnist1d", "seed-recipe"]).studies[1]
+    'seed-recipe'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    studies: list[str] = Field(min_length=1)
+
+
+def load_suite(source: str | Path) -> tuple[Suite, list[str | Path]] | None:
+    """The suite at ``source`` and its studies' sources, or ``None`` when it is a study.
+
+    A file is a suite when it has a ``studies`` list (and so no ``[data]`` table). Each
+    study source is a built-in study name or a path resolved against the suite file's folder.
+
+    Examples
+    --------
+    >>> suite, parts = load_suite("emergence")
+    >>> suite.name, parts[0]
+    ('emergence', 'emergence-modular-addition')
+    >>> load_suite("mnist1d") is None
+    True
+    """
+    if isinstance(source, Study | dict):
+        return None
+    path = Path(source)
+    builtin = isinstance(source, str) and not path.exists()
+    if builtin and source not in BUILTIN_SUITES:
+        return None
+    if not builtin and not path.is_file():
+        return None
+    raw = _raw_study(source) if not builtin else tomllib.loads(builtin_study_text(str(source)))
+    if "studies" not in raw:
+        return None
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as err:
+        raise as_config_error(err, Suite, origin=str(source)) from None
+    folder = None if builtin else path.parent
+    parts: list[str | Path] = []
+    for part in suite.studies:
+        if folder is not None and (folder / part).is_file():
+            parts.append(folder / part)
+        elif part in BUILTIN_STUDIES or Path(part).is_file():
+            parts.append(part)
+        else:
+            raise ConfigError(
+                f"suite '{suite.name}' lists study '{part}', which is neither a built-in study "
+                "nor a file",
+                hint="give a built-in name or a path relative to the suite file",
+            )
+    return suite, parts
 
 
 def load_study(source: str | Path | Study | dict[str, Any], overrides: list[str] = ()) -> Study:  # type: ignore[assignment]
@@ -285,10 +416,26 @@ def load_study(source: str | Path | Study | dict[str, Any], overrides: list[str]
     >>> load_study("mnist1d", ["train.epochs=3"]).train.epochs
     3
     """
+    load_entry_point_plugins()
     raw = _raw_study(source)
     origin = str(source) if isinstance(source, str | Path) else "study"
+    if "studies" in raw and "data" not in raw:
+        raise ConfigError(
+            f"'{origin}' is a suite of studies, not one study",
+            hint="run it with `polyculture run` or polyculture.run.run_suite",
+        )
     for item in overrides:
         _apply_override(raw, item)
+    plugins = raw.get("plugins", [])
+    if plugins:
+        if not isinstance(plugins, list):
+            raise ConfigError(
+                f"{origin}: plugins must be a list of module names or file paths",
+                hint='write plugins = ["my_package.my_module", "path/to/file.py"]',
+            )
+        base = Path(source).parent if isinstance(source, str | Path) else None
+        # Stored resolved (absolute file paths), so worker processes load the same files.
+        raw["plugins"] = load_plugins(plugins, base)
     try:
         study = Study.model_validate(raw)
     except ValidationError as err:
@@ -303,7 +450,11 @@ def _raw_study(source: str | Path | Study | dict[str, Any]) -> dict[str, Any]:
     if isinstance(source, dict):
         return _deep_copy(source)
     path = Path(source)
-    if isinstance(source, str) and source in BUILTIN_STUDIES and not path.exists():
+    if (
+        isinstance(source, str)
+        and source in (*BUILTIN_STUDIES, *BUILTIN_SUITES)
+        and (not path.exists())
+    ):
         text = builtin_study_text(source)
     elif path.is_file():
         try:
@@ -313,7 +464,7 @@ def _raw_study(source: str | Path | Study | dict[str, Any]) -> dict[str, Any]:
     else:
         raise ConfigError(
             f"no study file or built-in study named '{source}'",
-            hint=f"give a .toml path or one of: {', '.join(BUILTIN_STUDIES)}",
+            hint=f"give a .toml path or one of: {', '.join((*BUILTIN_STUDIES, *BUILTIN_SUITES))}",
         )
     try:
         return tomllib.loads(text)
@@ -501,16 +652,27 @@ def expand(study: Study, data_key: str | None = None) -> list[MemberPlan]:
         family = FAMILIES.get(entry.family)
         backbone = _entry_backbone(entry, backbones, family.kind)
         modality = "tabular" if backbone is not None else builder.modality
-        train = resolved_train(study, entry)
-        train_key = train.model_dump(mode="json") if family.kind == "torch" else None
+        entry_train = resolved_train(study, entry)
         grid_keys = list(entry.grid)
         for values in itertools.product(*(entry.grid[k] for k in grid_keys)):
-            model = ModelSpec(
-                family=entry.family,
-                params={**entry.params, **dict(zip(grid_keys, values, strict=True))},
-            )
+            point = dict(zip(grid_keys, values, strict=True))
+            knob_values, extras = _split_grid_point(entry, point, family.kind)
+            train = entry_train
+            train_overrides = {k.removeprefix("train."): v for k, v in extras.items() if "." in k}
+            if train_overrides:
+                train = _merged_train(
+                    entry_train, train_overrides, f"zoo '{entry.entry_name}' grid train."
+                )
+            data_fraction = float(extras.get("data_fraction", entry.data_fraction))
+            if not 0.0 < data_fraction <= 1.0:
+                raise ConfigError(
+                    f"zoo '{entry.entry_name}': data_fraction {data_fraction} is outside (0, 1]",
+                    hint="use a share of the training split such as 0.1, 0.5 or 1",
+                )
+            train_key = train.model_dump(mode="json") if family.kind == "torch" else None
+            model = ModelSpec(family=entry.family, params={**entry.params, **knob_values})
             knobs = resolve_knobs(model, modality)  # type: ignore[arg-type]
-            label = _label(entry, model)
+            label = _label(entry, model, extras)
             if owners.setdefault(label, index) != index:
                 raise ConfigError(
                     f"zoo entries {owners[label]} and {index} both make models named '{label}'",
@@ -539,6 +701,8 @@ def expand(study: Study, data_key: str | None = None) -> list[MemberPlan]:
                         }
                     if shard is not None:
                         identity["shard"] = list(shard)
+                    if data_fraction != 1.0:
+                        identity["data_fraction"] = data_fraction
                     plans.append(
                         MemberPlan(
                             stable_hash(identity),
@@ -551,6 +715,8 @@ def expand(study: Study, data_key: str | None = None) -> list[MemberPlan]:
                             entry.adapt,
                             entry.finetune_layers,
                             shard,
+                            entry.entry_name,
+                            data_fraction,
                         )
                     )
     ids = [p.member_id for p in plans]
@@ -560,19 +726,92 @@ def expand(study: Study, data_key: str | None = None) -> list[MemberPlan]:
             hint="remove the repeated entry",
         )
     _check_ecosystems(study, plans)
+    _check_sweeps(study)
     return plans
 
 
-def _label(entry: ZooEntry, model: ModelSpec) -> str:
-    """Display name: the entry's name (with grid knobs) or the family and knobs (and backbone)."""
+def _split_grid_point(
+    entry: ZooEntry, point: dict[str, Any], kind: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A grid point's model knobs, and its other keys (``train.<setting>``, ``data_fraction``)."""
+    knobs: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    for key, value in point.items():
+        if key == "data_fraction":
+            extras[key] = value
+        elif key.startswith("train."):
+            setting = key.removeprefix("train.")
+            if setting not in TrainSpec.model_fields:
+                raise ConfigError(
+                    f"zoo '{entry.entry_name}' grid key '{key}': [train] has no setting "
+                    f"'{setting}'",
+                    hint=unknown_key_hint(setting, list(TrainSpec.model_fields)),
+                )
+            if kind != "torch":
+                raise ConfigError(
+                    f"zoo '{entry.entry_name}' grid key '{key}': '{entry.family}' is a "
+                    "scikit-learn family and ignores training settings",
+                    hint="grid over its knobs or data_fraction instead",
+                )
+            extras[key] = value
+        else:
+            knobs[key] = value
+    return knobs, extras
+
+
+def _label(entry: ZooEntry, model: ModelSpec, extras: dict[str, Any] | None = None) -> str:
+    """Display name: the entry's name (with grid values) or the family and knobs (and backbone).
+
+    Grid values that are not knobs (``data_fraction``, ``train.<setting>``) join the knobs in
+    the parentheses, so every grid point has its own name.
+    """
+    parts = [f"{k}={v}" for k, v in sorted(model.params.items())]
+    parts += [f"{k}={v}" for k, v in sorted((extras or {}).items())]
+    inner = f"({','.join(parts)})" if parts else ""
     if entry.name is None:
-        label = model.label()
+        label = f"{model.family}{inner}"
         if entry.backbone is not None:
             label += f"@{entry.backbone}" + ("-finetune" if entry.adapt == "finetune" else "")
         return label
     if entry.grid:
-        return f"{entry.name}{model.label().removeprefix(model.family)}"
+        return f"{entry.name}{inner}"
     return entry.name
+
+
+def _check_sweeps(study: Study) -> None:
+    """Each sweep names one zoo entry whose grid has enough points, and distinct metrics."""
+    names: set[str] = set()
+    entries: dict[str, list[ZooEntry]] = {}
+    for entry in study.zoo:
+        entries.setdefault(entry.entry_name, []).append(entry)
+    for sweep in study.sweeps:
+        if sweep.name in names:
+            raise ConfigError(f"two sweeps are named '{sweep.name}'", hint="give each its own name")
+        names.add(sweep.name)
+        found = entries.get(sweep.zoo, [])
+        if not found:
+            raise ConfigError(
+                f"sweep '{sweep.name}' names zoo entry '{sweep.zoo}', which the study lacks",
+                hint=unknown_key_hint(sweep.zoo, list(entries)),
+            )
+        if len(found) > 1:
+            raise ConfigError(
+                f"sweep '{sweep.name}': {len(found)} zoo entries are called '{sweep.zoo}'",
+                hint="give the swept entry a distinct name = '...'",
+            )
+        points = math.prod(len(values) for values in found[0].grid.values())
+        if points < MIN_SWEEP_POINTS:
+            raise ConfigError(
+                f"sweep '{sweep.name}': zoo entry '{sweep.zoo}' has {points} grid point(s); a "
+                f"sweep needs at least {MIN_SWEEP_POINTS} (the sigmoid fit has 4 parameters, "
+                "the broken power law 6)",
+                hint=f"give the entry a grid with {MIN_SWEEP_POINTS} or more values, e.g. "
+                "grid = { width = [8, 16, 32, 64, 128, 256] }",
+            )
+        if len(set(sweep.metrics)) != len(sweep.metrics):
+            raise ConfigError(
+                f"sweep '{sweep.name}' lists a metric twice", hint="list each metric once"
+            )
 
 
 def _entry_backbone(

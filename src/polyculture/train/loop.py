@@ -29,6 +29,9 @@ from polyculture.zoo.base import ZooModel
 SCALE_ROWS = 2048
 """Training rows (evenly spaced) on which adversarial training measures the input scale."""
 
+TRAIN_ACCURACY_ROWS = 2048
+"""Training rows (evenly spaced) on which each evaluation measures the training accuracy."""
+
 
 class DivergenceError(Exception):
     """Training produced a non-finite loss; the member is recorded as failed.
@@ -168,6 +171,11 @@ def fit(
     if spec.adversarial is not None:
         adversarial_loss = _adversarial_objective(model, x_train, spec.adversarial, generator)
 
+    # Clean (unaugmented) accuracy on a fixed sample of training rows: with the validation
+    # accuracy it shows when a model memorizes and when it generalizes (grokking).
+    train_probe = train.subset(
+        torch.linspace(0, n - 1, min(n, TRAIN_ACCURACY_ROWS)).round().long().unique()
+    )
     rows: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
     stale, step, stopped_early = 0, 0, False
@@ -204,10 +212,12 @@ def fit(
         if epoch % spec.eval_every and not last:
             continue
         val_loss, val_accuracy = evaluate_loss(model, val, device)
+        _, train_accuracy = evaluate_loss(model, train_probe, device)
         row = {
             "epoch": float(epoch),
             "step": float(step),
             "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
             "lr": float(optimizer.param_groups[0]["lr"]),
@@ -262,7 +272,16 @@ def _adversarial_objective(
     return loss
 
 
-HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+]
 
 
 def _history(rows: list[dict[str, float]]) -> pd.DataFrame:

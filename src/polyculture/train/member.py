@@ -15,13 +15,14 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from polyculture.data.builders import stratified_shards
+from polyculture.data.builders import nested_fraction, stratified_shards
 from polyculture.data.task import Task
 from polyculture.errors import ConfigError
 from polyculture.train.adversarial import input_scale, robust_accuracy
@@ -35,6 +36,7 @@ from polyculture.zoo.base import (
     ZooModel,
     count_parameters,
     create_model,
+    forward_flops,
 )
 
 
@@ -74,6 +76,19 @@ class MemberResult:
     robust_accuracy: float = float("nan")
     robust_clean_accuracy: float = float("nan")
     robust_note: str = ""
+    train_rows: int = 0
+    flops_per_example: float = float("nan")
+    """Forward-pass FLOPs per example (torch members; NaN for scikit-learn ones)."""
+    cost: dict[str, Any] = field(default_factory=dict)
+    """Serving-cost columns (latency, throughput, peak memory, size, threads) from the ``cost``
+    callback of :func:`train_member`; empty when not measured or failed."""
+
+
+COST_EXAMPLES = 256
+"""Test inputs handed to the ``cost`` callback (its large batch is 256)."""
+
+CostCallback = Callable[[ZooModel | ClassicalModel, torch.Tensor], dict[str, Any]]
+"""``cost(model, inputs) -> record columns``, see :func:`train_member`."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,6 +169,28 @@ def shard_task(task: Task, shard: tuple[int, int]) -> Task:
     return dataclasses.replace(task, train=task.train.subset(torch.from_numpy(rows)))
 
 
+def fraction_task(task: Task, fraction: float) -> Task:
+    """The task with its training split cut to a seeded, stratified, nested ``fraction``.
+
+    Whole problems are kept when answers span several rows. The subset depends on the data
+    only (not on the member's seed), so every member of a data sweep sees nested subsets.
+
+    Examples
+    --------
+    >>> from polyculture.data import DataSpec, build_task
+    >>> task = build_task(DataSpec(name="digits"))
+    >>> len(fraction_task(task, 0.5).train) == -(-len(task.train) // 2)
+    True
+    """
+    if fraction == 1.0:
+        return task
+    problems = None
+    if task.answer_length > 1:
+        problems = task.train.instance_ids().numpy() // task.answer_length
+    rows = nested_fraction(task.train.y.numpy(), fraction, problems=problems)
+    return dataclasses.replace(task, train=task.train.subset(torch.from_numpy(rows)))
+
+
 def train_member(
     task: Task,
     model_spec: ModelSpec,
@@ -164,9 +201,11 @@ def train_member(
     device: str = "auto",
     on_epoch: EpochCallback | None = None,
     shard: tuple[int, int] | None = None,
+    data_fraction: float = 1.0,
     input_representation: str | None = None,
     adaptation: Adaptation | None = None,
     robustness: RobustnessCheck | None = None,
+    cost: CostCallback | None = None,
 ) -> MemberResult:
     """Train and evaluate one member.
 
@@ -184,6 +223,8 @@ def train_member(
         Called with each history row of a torch member.
     shard
         ``(index, count)``: train on one disjoint stratified shard of the training split.
+    data_fraction
+        Train on this share of the training split (see :func:`fraction_task`).
     input_representation
         When the inputs are a frozen backbone's features (a probe), the name under which they
         lead the member's representations (e.g. ``backbone.hidden``).
@@ -193,6 +234,11 @@ def train_member(
         Measure PGD robust accuracy of torch members that read the task's own inputs (not
         frozen-feature probes, whose attack would skip the backbone, and not fine-tuned text
         members); others get ``robust_note`` saying why not.
+    cost
+        Called after training as ``cost(model, inputs)`` with the trained model (on the CPU) and
+        the first :data:`COST_EXAMPLES` test inputs; its dict becomes ``MemberResult.cost`` (the
+        runner passes :func:`polyculture.measure.cost.member_cost`). Not counted in
+        ``train_seconds``.
 
     Returns
     -------
@@ -213,6 +259,7 @@ def train_member(
         task = task if prepare is None else prepare(task)
     if shard is not None:
         task = shard_task(task, shard)
+    task = fraction_task(task, data_fraction)
     torch.manual_seed(seed)
     model = _member_model(task, model_spec, adaptation)
     probe = task.test.x[:probe_size]
@@ -241,7 +288,12 @@ def train_member(
                 break
     if not result.n_parameters and isinstance(model, torch.nn.Module):
         result.n_parameters = count_parameters(model)
+    result.train_rows = len(task.train)
+    if result.status == "ok" and isinstance(model, torch.nn.Module):
+        result.flops_per_example = forward_flops(model.cpu(), task.train.x[:2])
     result.train_seconds = time.perf_counter() - started
+    if cost is not None and result.status == "ok":
+        result.cost = cost(model, task.test.x[:COST_EXAMPLES])
     return result
 
 

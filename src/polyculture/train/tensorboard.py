@@ -43,4 +43,6 @@ def log_member(
             writer.add_scalar("loss/train", float(row.train_loss), step)
             writer.add_scalar("loss/val", float(row.val_loss), step)
             writer.add_scalar("accuracy/val", float(row.val_accuracy), step)
+            if hasattr(row, "train_accuracy"):  # histories of runs before it was logged lack it
+                writer.add_scalar("accuracy/train", float(row.train_accuracy), step)
             writer.add_scalar("lr", float(row.lr), step)

@@ -24,8 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from polyculture.data.task import Modality, Task
-from polyculture.errors import ConfigError
+from polyculture.data.task import MODALITIES, Modality, Task
+from polyculture.errors import ConfigError, RegistryError
 from polyculture.registry import Registry
 
 
@@ -164,14 +164,40 @@ def family(
     (True, False)
     """
     target = FAMILIES if registry is None else registry
+    _check_family_declaration(name, kind, modalities, knobs)
 
     def add(build: Builder) -> Builder:
+        if not callable(build):
+            raise RegistryError(f"model family '{name}': the decorated object is not callable")
         target.add(
             name, Family(name, kind, frozenset(modalities), knobs, build, description, prepare)
         )
         return build
 
     return add
+
+
+def _check_family_declaration(
+    name: str, kind: str, modalities: tuple[Modality, ...], knobs: type[Knobs]
+) -> None:
+    """The rules every family's declaration follows (built-in or plugin)."""
+    if kind not in ("torch", "sklearn"):
+        raise RegistryError(
+            f"model family '{name}': kind must be 'torch' or 'sklearn', got {kind!r}",
+            hint="torch families build an nn.Module (a ZooModel), sklearn ones a ClassicalModel",
+        )
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if not modalities or unknown or isinstance(modalities, str):
+        raise RegistryError(
+            f"model family '{name}' must declare the modalities it supports as a tuple of "
+            f"{', '.join(MODALITIES)}; got {modalities!r}",
+            hint="e.g. modalities=('tabular',)",
+        )
+    if not (isinstance(knobs, type) and issubclass(knobs, BaseModel)):
+        raise RegistryError(
+            f"model family '{name}': knobs must be a Knobs (pydantic) class, got {knobs!r}",
+            hint="subclass polyculture.zoo.Knobs, with a default for every knob",
+        )
 
 
 class ModelSpec(BaseModel):
@@ -278,3 +304,27 @@ def final_layer(layers: list[str]) -> str:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters of a torch model."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
+    """Floating-point operations of one forward pass per example, counted by torch.
+
+    Uses :class:`torch.utils.flop_counter.FlopCounterMode` (matrix products, convolutions,
+    attention), on ``x`` ``(b, *input_shape)``; element-wise operations are not counted, as in
+    the usual scaling-law accounting.
+
+    Examples
+    --------
+    >>> forward_flops(nn.Linear(8, 4), torch.zeros(3, 8))  # 2 * 8 * 4 per example
+    64.0
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return float(counter.get_total_flops()) / max(1, len(x))
