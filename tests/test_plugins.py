@@ -392,3 +392,29 @@ def test_check_metric_catches_nan() -> None:
     text = Metric("texty", lambda y, p, g: "high", "bad")
     with pytest.raises(ConformanceError, match="rule 'returns a number'"):
         check_metric(text)
+
+
+def test_a_plugin_metric_is_a_selection_constraint(plugin_run: tuple[Path, Path]) -> None:
+    root, run = plugin_run
+    members = pd.read_parquet(run / "tables" / "members.parquet")
+    cut = float(members["test_top1_margin"].median())
+    scenario = root / "scenario.toml"
+    scenario.write_text(f"[metrics.top1_margin]\nmin = {cut}\n")
+    result = _run(
+        ["select", str(run), "--scenario", str(scenario), "--format", "json"], root, root / "site"
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    chosen = members.set_index("member_id").loc[payload["recommended"]]
+    assert chosen["test_top1_margin"] >= cut
+    table = pd.read_parquet(run / "tables" / "selection.parquet")
+    below = set(members.loc[members["test_top1_margin"] < cut, "member_id"])
+    assert below and not set(table.loc[table["feasible"], "member_id"]) & below
+    reasons = " ".join(table.loc[table["member_id"].isin(below), "reasons"].astype(str))
+    assert "top1_margin" in reasons
+    scenario.write_text("[metrics.top1_margn]\nmin = 0.1\n")
+    failed = _run(["select", str(run), "--scenario", str(scenario)], root, root / "site")
+    assert_clean_failure(failed, "bounds metric 'top1_margn'", "top1_margin")
+    scenario.write_text("[metrics.top1_margin]\nmin = 0.5\nmax = 0.1\n")
+    failed = _run(["select", str(run), "--scenario", str(scenario)], root, root / "site")
+    assert_clean_failure(failed, "min 0.5 is above max 0.1")

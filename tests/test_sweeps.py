@@ -423,8 +423,11 @@ def test_builtin_emergence_suite_lists_its_studies() -> None:
     assert loaded is not None
     suite, parts = loaded
     assert suite.name == "emergence" and len(parts) >= 3
-    for part in parts:
-        assert load_study(part).sweeps, f"{part} declares no sweep"
+    studies = {load_study(part).name: load_study(part) for part in parts}
+    for name in ("emergence-addition", "emergence-parity", "emergence-mnist1d"):
+        assert studies[name].sweeps, f"{name} declares no sweep"
+    addition = studies["emergence-addition"].sweeps[0]
+    assert addition.swap == ("exact_match", "accuracy")
 
 
 def test_a_suite_runs_its_studies_into_one_folder(tmp_path: Path) -> None:

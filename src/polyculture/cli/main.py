@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from polyculture.cli.budget_command import budget
 from polyculture.cli.export_command import export
 from polyculture.cli.select_command import EPILOG as SELECT_EPILOG
 from polyculture.cli.select_command import select
@@ -716,6 +717,13 @@ app.command(
 
 
 app.command(epilog=SELECT_EPILOG)(select)
+app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  polyculture budget --budget 135 --eta 3 --max-epochs 60 --uniform study --seed 0\n\n"
+        "  polyculture budget my_study.toml --budget 600 --unit seconds --format json"
+    )
+)(budget)
 
 
 def main() -> None:
@@ -740,11 +748,26 @@ def main() -> None:
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
+        # typer 0.29 vendors its own click: its usage errors are not click's classes.
+        usage, abort = _click_errors()
+        if isinstance(err, usage):
+            err.show()  # type: ignore[attr-defined]
+            sys.exit(err.exit_code)  # type: ignore[attr-defined]
+        if isinstance(err, abort):
             sys.exit(130)
         raise
+
+
+def _click_errors() -> tuple[tuple[type[Exception], ...], tuple[type[BaseException], ...]]:
+    """Usage-error and abort classes of click and of the click copy typer may ship."""
+    import click
+
+    usage: list[type[Exception]] = [click.ClickException]
+    abort: list[type[BaseException]] = [click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as vendored
+
+        usage.append(vendored.ClickException)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(usage), tuple(abort)

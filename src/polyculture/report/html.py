@@ -1079,7 +1079,7 @@ def _emergence(results: RunResults, csv: _Csv, part: str = "") -> Section | None
     sweeps = results.study.get("sweeps", []) or []
     curves = _optional_table(results, "emergence_curves")
     notes = _optional_table(results, "emergence_notes")
-    if not sweeps and curves is None:
+    if not sweeps and curves is None and not _grokking(results):
         return None
     section = Section(
         f"emergence-{part}" if part else "emergence",
@@ -1139,6 +1139,19 @@ def _emergence(results: RunResults, csv: _Csv, part: str = "") -> Section | None
         )
     _generalization(results, section, csv, part)
     return section
+
+
+GROKKING_RATIO = 5.0
+"""A study without sweeps gets the emergence section when some member's held-out accuracy first
+reaches 90% at least this many times later than its training accuracy (delayed generalization)."""
+
+
+def _grokking(results: RunResults) -> bool:
+    crossings = _optional_table(results, "emergence_crossings")
+    if crossings is None:
+        return False
+    late = crossings[crossings["threshold"] == CROSSING_LEVELS[-1]]
+    return bool((late["heldout_step"] >= GROKKING_RATIO * late["train_step"]).any())
 
 
 def _sweep_figure(
@@ -1245,6 +1258,54 @@ def _generalization(results: RunResults, section: Section, csv: _Csv, part: str 
             csv=path,
         )
     )
+
+
+def _budget(results: RunResults, csv: _Csv) -> Section | None:
+    """Successive halving vs uniform allocation (runs written by ``polyculture budget``)."""
+    table = _optional_table(results, "budget")
+    if table is None:
+        return None
+    section = Section("budget", "Compute budget: successive halving vs uniform allocation")
+    rows = []
+    for method, group in table.groupby("allocation", sort=False):
+        charged = group[group["charged"].astype(bool)]
+        winner = group[group["winner"].astype(bool)]
+        best = winner.iloc[0] if len(winner) else group.loc[group["val_accuracy"].idxmax()]
+        rows.append(
+            {
+                "allocation": str(method),
+                "winner": f"{best['candidate']} ({int(best['epochs'])} epochs)",
+                "validation accuracy": pct(best["val_accuracy"]),
+                "test accuracy": pct(best["test_accuracy"]),
+                "member-epochs spent": _count(charged["cost_epochs"].sum()),
+                "seconds spent": num(charged["cost_seconds"].sum(), 1),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if len(frame) == 2:
+        spent = (
+            table[table["charged"].astype(bool)]
+            .groupby("allocation", sort=False)["cost_epochs"]
+            .sum()
+        )
+        section.intro.append(
+            f"{frame.iloc[0]['allocation']} reaches {frame.iloc[0]['test accuracy']} test "
+            f"accuracy with {_count(spent.iloc[0])} member-epochs; "
+            f"{frame.iloc[1]['allocation']} reaches {frame.iloc[1]['test accuracy']} with "
+            f"{_count(spent.iloc[1])} ({pct(spent.iloc[0] / spent.iloc[1])} of its compute "
+            "spent by the first)."
+        )
+    section.intro.append(
+        "Successive halving trains every candidate briefly, keeps the best by validation "
+        "accuracy and retrains the survivors from scratch for longer; uniform allocation gives "
+        "every candidate the same epochs. Each (candidate, epochs) member is charged once per "
+        "allocation (docs/budget.md)."
+    )
+    path = csv.add("budget", table)
+    section.tables.append(
+        _table("Winner and compute of each allocation", frame, ["member-epochs spent"], path)
+    )
+    return section
 
 
 def _diversity(results: RunResults, csv: _Csv) -> Section | None:
@@ -1444,6 +1505,7 @@ def build_report(run_dir: str | Path) -> Path:
         _systemic(results, csv),
         _ecosystems(results, csv),
         _emergence(results, csv),
+        _budget(results, csv),
         _diversity(results, csv),
         *selection_sections(results, csv),
         _failed(results, labels, csv),

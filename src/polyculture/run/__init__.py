@@ -1,5 +1,6 @@
 """run: study files, the run store and the study runner."""
 
+from polyculture.run.budget import BudgetResult, run_budget
 from polyculture.run.results import RunResults, load_run
 from polyculture.run.runner import assemble_tables, run_study, run_suite
 from polyculture.run.store import RunStore
@@ -7,6 +8,7 @@ from polyculture.run.study import BUILTIN_STUDIES, MemberPlan, Study, ZooEntry, 
 
 __all__ = [
     "BUILTIN_STUDIES",
+    "BudgetResult",
     "MemberPlan",
     "RunResults",
     "RunStore",
@@ -16,6 +18,7 @@ __all__ = [
     "expand",
     "load_run",
     "load_study",
+    "run_budget",
     "run_study",
     "run_suite",
 ]

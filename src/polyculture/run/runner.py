@@ -101,6 +101,7 @@ def run_study(
     on_start: Callable[[int, int], None] | None = None,
     scheduler: str | None = None,
     on_cluster: Callable[[str], None] | None = None,
+    report: bool = True,
 ) -> RunResults:
     """Run a study and return its results (the Python API of ``polyculture run``).
 
@@ -126,6 +127,8 @@ def run_study(
         installed (``execution.engine``), else in a local process pool.
     on_cluster
         Called with a one-line description of the Dask cluster used (workers, dashboard).
+    report
+        Write ``report.html`` (callers that run many intermediate studies skip it).
 
     The run directory ends with ``report.html`` (see :func:`polyculture.report.build_report`).
 
@@ -145,7 +148,16 @@ def run_study(
     study = load_study(study, list(overrides))
     with contextlib.ExitStack() as stack:
         return _run_loaded(
-            study, Path(out), workers, device, on_member, on_start, scheduler, on_cluster, stack
+            study,
+            Path(out),
+            workers,
+            device,
+            on_member,
+            on_start,
+            scheduler,
+            on_cluster,
+            stack,
+            report,
         )
 
 
@@ -210,6 +222,7 @@ def _run_loaded(
     scheduler: str | None,
     on_cluster: Callable[[str], None] | None,
     stack: contextlib.ExitStack,
+    report: bool = True,
 ) -> RunResults:
     execution = study.execution
     scheduler = scheduler if scheduler is not None else execution.scheduler
@@ -277,7 +290,8 @@ def _run_loaded(
         seed=study.evaluate.bootstrap_seed,
     )
     select_after_run(store.root, seed=study.evaluate.bootstrap_seed)
-    _write_report(store)
+    if report:
+        _write_report(store)
     write_text(
         store.root / "timing.json",
         _json(

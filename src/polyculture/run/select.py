@@ -42,6 +42,7 @@ import pandas as pd
 
 from polyculture.errors import ConfigError, PolycultureError
 from polyculture.measure.cost import MB
+from polyculture.run.emergence import metric_names
 from polyculture.run.members import find_member
 from polyculture.run.results import RunResults, load_run
 from polyculture.run.store import write_optional_table, write_table, write_text
@@ -555,6 +556,12 @@ def _candidates(ok: pd.DataFrame, labels: list[str], correct: np.ndarray) -> pd.
     for column in COST_COLUMNS:
         if column in ok:
             frame[column] = pd.to_numeric(ok[column], errors="coerce").to_numpy(float)
+    # Every per-split metric (built-in, answer and plugin metrics), for `metrics` bounds.
+    for split in ("val", "test"):
+        for name in metric_names(ok, split):
+            frame[f"{split}_{name}"] = pd.to_numeric(
+                ok[f"{split}_{name}"], errors="coerce"
+            ).to_numpy(float)
     if "size_bytes" in frame:
         frame["size_mb"] = frame["size_bytes"] / MB
     return frame

@@ -1,5 +1,13 @@
 """select: choosing, combining and shipping members."""
 
+from polyculture.select.budget import (
+    Allocation,
+    Evaluation,
+    Outcome,
+    successive_halving,
+    uniform_allocation,
+    uniform_epochs,
+)
 from polyculture.select.ensemble import compare_to_single, greedy_ensemble, soft_vote
 from polyculture.select.export import (
     ExportError,
@@ -15,8 +23,11 @@ from polyculture.select.pareto import pareto_front
 from polyculture.select.scenario import Scenario, feasible, load_scenario, recommend
 
 __all__ = [
+    "Allocation",
+    "Evaluation",
     "ExportError",
     "ExportReport",
+    "Outcome",
     "QuantizationReport",
     "Scenario",
     "choose_against_incumbents",
@@ -31,4 +42,7 @@ __all__ = [
     "recommend",
     "require_export_extra",
     "soft_vote",
+    "successive_halving",
+    "uniform_allocation",
+    "uniform_epochs",
 ]

@@ -190,6 +190,30 @@ class EnsembleSettings(_Strict):
     max_members: int | None = None
 
 
+class MetricBound(_Strict):
+    """Bounds on one metric of the members table: ``{ min = ..., max = ... }`` (either or both).
+
+    Examples
+    --------
+    >>> MetricBound(max=0.05).max
+    0.05
+    """
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MetricBound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        for value in (self.min, self.max):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{value} is not a finite number")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}: no value fits both")
+        return self
+
+
 class Scenario(_Strict):
     """The constraints of one deployment and how to choose among the members that meet them.
 
@@ -223,6 +247,9 @@ class Scenario(_Strict):
     incumbent_slack
         Without ``min_accuracy``, a candidate against incumbents must be within this much
         accuracy of the most accurate candidate.
+    metrics
+        Bounds on any other metric of the members table on ``split`` (built-in, answer or
+        plugin metrics): ``metrics = { ece = { max = 0.05 }, top2_accuracy = { min = 0.95 } }``.
     weights
         The recommendation's objective weights.
     ensemble
@@ -250,6 +277,7 @@ class Scenario(_Strict):
     max_systemic_contribution: float | None = None
     incumbents: list[str] = []
     incumbent_slack: float = 0.01
+    metrics: dict[str, MetricBound] = {}
     weights: Weights = Weights()
     ensemble: EnsembleSettings = EnsembleSettings()
 
@@ -259,10 +287,17 @@ class Scenario(_Strict):
         return self
 
     def constraints(self) -> dict[str, float]:
-        """The constraints that are set, in :data:`CONSTRAINTS` order."""
-        return {
+        """The constraints that are set, in :data:`CONSTRAINTS` order, then metric bounds
+        (keys ``metrics.<name>.min`` / ``metrics.<name>.max``)."""
+        out = {
             key: float(getattr(self, key)) for key in CONSTRAINTS if getattr(self, key) is not None
         }
+        for name, bound in self.metrics.items():
+            for side in ("min", "max"):
+                value = getattr(bound, side)
+                if value is not None:
+                    out[f"metrics.{name}.{side}"] = float(value)
+        return out
 
     @property
     def latency_column(self) -> str:
@@ -405,10 +440,13 @@ def format_value(value: float, unit: str) -> str:
         return f"{round(value):,}"
     if unit == "share":
         return f"{value:.3f}"
-    return f"{value:.3g} {unit}"
+    return f"{value:.3g} {unit}".rstrip()
 
 
 def _constraint(key: str, scenario: Scenario) -> Constraint:
+    if key.startswith("metrics."):
+        name, side = key.removeprefix("metrics.").rsplit(".", 1)
+        return Constraint(f"{scenario.split}_{name}", side, name, "")  # type: ignore[arg-type]
     constraint = CONSTRAINTS[key]
     if key == "max_latency_ms":
         return Constraint(scenario.latency_column, "max", constraint.what, constraint.unit)
@@ -533,10 +571,21 @@ def feasible(members: pd.DataFrame, scenario: Scenario) -> Feasibility:
     for key, limit in scenario.constraints().items():
         constraint = _constraint(key, scenario)
         values = _column(members, constraint.column)
+        if key.startswith("metrics.") and constraint.column not in members.columns:
+            known = sorted(
+                c.removeprefix(f"{scenario.split}_")
+                for c in members.columns
+                if c.startswith(f"{scenario.split}_") and not c.endswith(("_ci_low", "_ci_high"))
+            )
+            raise ConfigError(
+                f"the scenario bounds metric '{constraint.what}', which this run's members do not "
+                f"have on the {scenario.split} split",
+                hint=f"metrics of this run: {', '.join(known) or '(none)'}",
+            )
         if values.isna().all():
             raise ConfigError(
                 f"{key} is set but no member has a {constraint.what}: "
-                f"{_WHY_MISSING.get(CONSTRAINTS[key].column, 'no values')}",
+                f"{_WHY_MISSING.get(constraint.column, 'no values')}",
                 hint=f"leave {key} out of the scenario for this run",
             )
         ok = values <= limit if constraint.bound == "max" else values >= limit

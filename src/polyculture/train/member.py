@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import time
 import traceback
 from collections.abc import Callable
@@ -169,6 +170,13 @@ def shard_task(task: Task, shard: tuple[int, int]) -> Task:
     return dataclasses.replace(task, train=task.train.subset(torch.from_numpy(rows)))
 
 
+@functools.cache
+def _warm_up_torch() -> None:
+    """Pay torch's one-off lazy imports (``torch._dynamo``, on the first optimizer built in a
+    process) before a member's clock starts, so ``train_seconds`` compares across members."""
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+
+
 def fraction_task(task: Task, fraction: float) -> Task:
     """The task with its training split cut to a seeded, stratified, nested ``fraction``.
 
@@ -253,6 +261,7 @@ def train_member(
     >>> result.status, result.probabilities["test"].shape
     ('ok', (450, 10))
     """
+    _warm_up_torch()
     started = time.perf_counter()
     if adaptation is None:
         prepare = FAMILIES.get(model_spec.family).prepare
