@@ -287,6 +287,7 @@ def test_sparse_parity_is_deterministic() -> None:
     [
         ({"n_bits": 5, "k": 6}, "k=6 hidden bits cannot be chosen from n_bits=5"),
         ({"n_bits": 4, "train_size": 10, "test_size": 7}, "allows only 16"),
+        ({"n_bits": 21, "train_size": 2**20, "test_size": 1}, "allows only 1048576"),
         ({"k": 0}, "k"),
         ({"n_bits": 0}, "n_bits"),
         ({"train_size": 1}, "train_size"),
