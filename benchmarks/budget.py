@@ -64,17 +64,14 @@ def main() -> None:
         f"workers {args.workers}, 1 torch thread each"
     )
     started = time.perf_counter()
-    result = run_budget(
-        study,
-        budget,
-        out,
-        unit="epochs",
-        eta=args.eta,
-        max_epochs=max_epochs,
-        uniform="study",
-        seed=args.seed,
-        workers=args.workers,
-    )
+    settings = {
+        "unit": "epochs",
+        "eta": args.eta,
+        "max_epochs": max_epochs,
+        "seed": args.seed,
+        "workers": args.workers,
+    }
+    result = run_budget(study, budget, out, uniform="study", **settings)
     header = (
         f"{'allocation':<34} {'winner':<24} {'epochs':>6} {'val acc':>8} {'test acc':>8} "
         f"{'epochs':>8} {'seconds':>9}"
@@ -84,17 +81,7 @@ def main() -> None:
     print(_row("uniform (study's epochs)", result, "uniform"))
     same = None
     if args.same_budget:
-        same = run_budget(
-            study,
-            budget,
-            out,
-            unit="epochs",
-            eta=args.eta,
-            max_epochs=max_epochs,
-            uniform="budget",
-            seed=args.seed,
-            workers=args.workers,
-        )
+        same = run_budget(study, budget, out, uniform="budget", **settings)
         print(_row(f"uniform (same budget, {budget:g} epochs)", same, "uniform"))
     halving = result.halving
     for rung in range(halving.rungs):

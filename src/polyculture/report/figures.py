@@ -272,10 +272,7 @@ def interval_panels(
             if index < len(reference) and reference[index] is not None:
                 ax.axvline(float(reference[index]), color="0.5", lw=0.8, ls=":")  # type: ignore[arg-type]
             if index < len(log) and log[index] and np.nanmin(v) > 0:
-                ax.set_xscale("log")
-                # Plain numbers: the report's rc disables mathtext, which log ticks default to.
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
+                _log_axis(ax)
             ax.set_xlabel(label)
             ax.grid(axis="x", alpha=0.3)
         axes[0].set_yticks(rows, [short(n) for n in names])

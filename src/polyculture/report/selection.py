@@ -17,7 +17,6 @@ template escapes; figure text is escaped by matplotlib's SVG writer.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,8 @@ from polyculture.report.html import (
     FigureView,
     Section,
     _Csv,
+    _finite,
+    _optional_table,
     _table,
     num,
     pct,
@@ -39,13 +40,6 @@ from polyculture.run.results import RunResults
 
 SUMMARY = "selection.json"
 """The summary :func:`polyculture.run.select.select_run` writes into ``tables/``."""
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _count(value: Any) -> str:
@@ -204,14 +198,6 @@ def _cost(results: RunResults, csv: _Csv) -> Section | None:
 # Selection
 
 
-def _read(results: RunResults, name: str) -> pd.DataFrame | None:
-    path = results.store.tables_dir / f"{name}.parquet"
-    if not path.is_file():
-        return None
-    frame = pd.read_parquet(path)
-    return None if frame.empty else frame
-
-
 _CONSTRAINT_TEXT = {
     "max_latency_ms": ("latency at batch 1 ≤", lambda v: f"{v:g} ms"),
     "max_parameters": ("parameters ≤", lambda v: f"{round(v):,}"),
@@ -224,7 +210,7 @@ _CONSTRAINT_TEXT = {
 
 def _selection(results: RunResults, csv: _Csv) -> Section | None:
     path = results.store.tables_dir / SUMMARY
-    table = _read(results, "selection")
+    table = _optional_table(results, "selection")
     if not path.is_file() or table is None:
         return None
     summary = json.loads(path.read_text())
@@ -323,7 +309,7 @@ def _ensemble_table(
     results: RunResults, section: Section, summary: dict[str, Any], csv: _Csv
 ) -> None:
     ensemble = summary.get("ensemble")
-    steps = _read(results, "ensemble")
+    steps = _optional_table(results, "ensemble")
     if not ensemble or steps is None:
         return
     section.intro.append(
@@ -361,7 +347,7 @@ def _incumbents_table(
     results: RunResults, section: Section, summary: dict[str, Any], csv: _Csv
 ) -> None:
     incumbents = summary.get("incumbents")
-    table = _read(results, "incumbents")
+    table = _optional_table(results, "incumbents")
     if not incumbents or table is None:
         return
     section.intro.append(
