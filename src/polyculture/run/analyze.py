@@ -229,7 +229,8 @@ def _homogenization_row(
         "h_avg": individual.h_avg,
         "h_unif": individual.h_unif,
         "h_worst": individual.h_worst,
-        "note": "; ".join(filter(None, [systemic.note, individual.note])),
+        # dict.fromkeys: both measures explain the same never-failing members in the same words
+        "note": "; ".join(dict.fromkeys(filter(None, [systemic.note, individual.note]))),
     }
     if group_labels is not None:
         grouped = homogenization(correct, group_labels.to_numpy())
