@@ -176,3 +176,23 @@ def test_minilm_probe_and_fine_tuned_members_score_raw_texts(tmp_path: Path) -> 
         stored = run.store.probabilities(member_id)["test"]
         texts = list(predictor.task.test.texts or ())
         np.testing.assert_allclose(predictor.predict_texts(texts), stored, atol=1e-4)
+
+
+def test_probe_members_are_cost_profiled_with_their_backbone(backbone_run: RunResults) -> None:
+    from polyculture.measure.cost import stored_size
+    from polyculture.train.backbone import load_backbone
+    from polyculture.zoo.base import ModelSpec
+
+    members = backbone_run.members.set_index("name")
+    backbone_id = next(p.name for p in backbone_run.store.backbones_dir.iterdir())
+    record = backbone_run.store.backbone_record(backbone_id)
+    network = load_backbone(
+        ModelSpec(family=record["family"], params=record["params"]),
+        load_predictor(backbone_run, "pre-logreg").task,
+        backbone_run.store.backbone_weights(backbone_id),
+    )
+    backbone_bytes = stored_size(network)
+    for name in ("pre-logreg", "pre-linear"):
+        # what is served holds the backbone's weights, not only the head's
+        assert members.loc[name, "size_bytes"] > backbone_bytes
+        assert members.loc[name, "latency_p50_ms"] > 0

@@ -18,13 +18,25 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from polyculture.cli.budget_command import budget
+from polyculture.cli.cards_command import EPILOG as CARDS_EPILOG
+from polyculture.cli.cards_command import cards
 from polyculture.cli.export_command import export
+from polyculture.cli.monitor_command import EPILOG as MONITOR_EPILOG
+from polyculture.cli.monitor_command import monitor
+from polyculture.cli.progress import member_progress
+from polyculture.cli.recommend_command import EPILOG as RECOMMEND_EPILOG
+from polyculture.cli.recommend_command import recommend
+from polyculture.cli.reevaluate_command import EPILOG as REEVALUATE_EPILOG
+from polyculture.cli.reevaluate_command import reevaluate
 from polyculture.cli.select_command import EPILOG as SELECT_EPILOG
 from polyculture.cli.select_command import select
+from polyculture.cli.serve_command import EPILOG as SERVE_EPILOG
+from polyculture.cli.serve_command import serve
+from polyculture.cli.support_command import EPILOG as SUPPORT_EPILOG
+from polyculture.cli.support_command import support
 from polyculture.errors import PolycultureError
 from polyculture.measure.ecosystem import ecosystem_finding
 
@@ -80,7 +92,10 @@ def _check_format(fmt: str) -> None:
 def run(
     study: Annotated[
         str,
-        typer.Argument(help="Built-in study (mnist1d, fashion-mnist, seed-recipe) or TOML file."),
+        typer.Argument(
+            help="Built-in study or suite (mnist1d, fashion-mnist, adult, recommend, emergence, "
+            "...; see docs/studies.md) or TOML file."
+        ),
     ] = "mnist1d",
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Parent folder of run directories.")
@@ -122,15 +137,7 @@ def run(
         overrides.append(f"data.path={json.dumps(str(data_dir))}")
     if workers is not None and workers < 0:
         raise PolycultureError(f"--workers {workers} is negative", hint="use 0 (auto) or more")
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"),
-        console=errors,
-        disable=quiet or fmt == "json",
-    )
+    progress = member_progress(errors, disable=quiet or fmt == "json")
     bar: dict[str, Any] = {}
 
     def on_start(pending: int, done: int) -> None:
@@ -158,6 +165,14 @@ def run(
             errors.print(escape(line), highlight=False) if not quiet and fmt == "table" else None
         ),
     }
+    from polyculture.run.recommend import is_recommend_study
+
+    if is_recommend_study(study):  # a recommendation study: its own pipeline (issue 10)
+        from polyculture.cli.recommend_command import run_recommend_cli
+
+        unused = {"--workers": workers, "--device": device, "--scheduler": scheduler}
+        run_recommend_cli(study, out, overrides, fmt=fmt, quiet=quiet, unused=unused)
+        return
     if load_suite(study) is not None:
 
         def on_part(name: str, index: int, count: int) -> None:
@@ -244,6 +259,11 @@ def show(
 
     _check_format(fmt)
     results = load_run(run_dir)
+    if results.study.get("kind") == "recommend" and not members:
+        from polyculture.cli.recommend_command import print_recommend_summary
+
+        print_recommend_summary(results, fmt)
+        return
     if members:
         from polyculture.measure.performance import BUILTIN_METRICS
         from polyculture.run.emergence import metric_names
@@ -717,6 +737,9 @@ app.command(
 
 
 app.command(epilog=SELECT_EPILOG)(select)
+app.command(epilog=REEVALUATE_EPILOG)(reevaluate)
+app.command(epilog=CARDS_EPILOG)(cards)
+app.command(epilog=RECOMMEND_EPILOG)(recommend)
 app.command(
     epilog=(
         "Examples:\n\n"
@@ -724,6 +747,11 @@ app.command(
         "  polyculture budget my_study.toml --budget 600 --unit seconds --format json"
     )
 )(budget)
+
+app.command(epilog=SUPPORT_EPILOG)(support)
+app.command(epilog=SERVE_EPILOG)(serve)
+
+app.command(epilog=MONITOR_EPILOG)(monitor)
 
 
 def main() -> None:

@@ -5,6 +5,14 @@ columns are standardized and categorical columns one-hot encoded, both with stat
 training rows only. Group columns (e.g. sex, race) are kept as per-instance attributes for the
 fairness and homogenization measures.
 
+Group columns are checked: a group column with a single value is an error (a fairness audit
+compares groups), and groups with fewer test rows than ``min_group_size`` are reported by the
+fairness audit (flagged "n < min", left out of the between-group differences), or are an error
+with ``small_groups = "error"``.
+
+The ``adult`` dataset reads the UCI Adult folder (``adult.data`` + ``adult.test``) with these
+options preset (sex and race as group attributes).
+
 Cleaning is counted, never silent: empty rows, rows without a label, and labels outside an explicit
 ``classes`` list are dropped and logged. Missing feature values (empty cells or ``na_values``)
 become
@@ -14,13 +22,14 @@ NaN and follow the study's ``data.nonfinite`` policy (error by default).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyculture.data.builders import RawData, dataset, seeded_split
-from polyculture.data.task import CleaningStep
+from polyculture.data.task import CleaningStep, join_groups
 from polyculture.errors import DataError
 
 
@@ -49,6 +58,12 @@ class CsvOptions(BaseModel):
         Extra cell values that mean "missing" (e.g. ``"?"``).
     label_strip
         Characters stripped from both ends of labels (``"."`` for Adult's test file).
+    min_group_size
+        Groups (of each attribute and of their intersection) with fewer test rows than this are
+        "small": reported with a flag and left out of between-group differences.
+    small_groups
+        ``report`` (default): small groups are shown, flagged; ``error``: a small group stops the
+        build with a one-line error.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -69,6 +84,8 @@ class CsvOptions(BaseModel):
     sep: str = ","
     comment: str | None = None
     encoding: str = "utf-8"
+    min_group_size: int = Field(30, ge=1)
+    small_groups: Literal["report", "error"] = "report"
 
 
 def _read(
@@ -96,6 +113,8 @@ def _read(
             f"cannot parse '{path}': {err}".splitlines()[0],
             hint="check the separator (data.options.sep), encoding and header",
         ) from None
+    if options.columns is not None:
+        _check_field_count(path, options, split)
     if options.label not in frame.columns:
         raise DataError(
             f"'{path}' has no label column '{options.label}' "
@@ -123,6 +142,90 @@ def _read(
             cleaning.append(CleaningStep(split, "unknown label", int(unknown.sum()), values))
         frame = frame.loc[~unknown]
     return frame.reset_index(drop=True)
+
+
+def _check_field_count(path: Path, options: CsvOptions, split: str) -> None:
+    """A header-less file must have one field per name in ``columns`` (pandas would shift)."""
+    skip = 1 if options.test_header and split == "test" else 0
+    with path.open(encoding=options.encoding, errors="replace") as handle:
+        for number, line in enumerate(handle):
+            if number < skip or not line.strip():
+                continue
+            if options.comment and line.lstrip().startswith(options.comment):
+                continue
+            fields = len(line.rstrip("\r\n").split(options.sep))
+            if fields != len(options.columns or []):
+                raise DataError(
+                    f"'{path}' has {fields} fields per row but the study names "
+                    f"{len(options.columns or [])} columns ({', '.join(options.columns or [])})",
+                    hint="give the file the same columns as the training data, in the same order",
+                )
+            return
+
+
+def _check_same_columns(train: pd.DataFrame, test: pd.DataFrame, test_path: Path) -> None:
+    """The test file must have the training file's columns (names, any order)."""
+    missing = [c for c in train.columns if c not in test.columns]
+    extra = [c for c in test.columns if c not in train.columns]
+    if missing or extra:
+        parts = [f"missing {', '.join(map(str, missing))}" if missing else ""]
+        parts.append(f"extra {', '.join(map(str, extra))}" if extra else "")
+        raise DataError(
+            f"the columns of '{test_path}' differ from the training data's: "
+            + "; ".join(p for p in parts if p),
+            hint="give the new data the training file's columns (same names)",
+        )
+
+
+def check_groups(
+    train: pd.DataFrame | None, test: pd.DataFrame | None, options: CsvOptions
+) -> None:
+    """Check group attributes: two or more values each; small test groups per ``small_groups``.
+
+    Raises
+    ------
+    DataError
+        A group column with a single value in the training or test rows, or (with
+        ``small_groups="error"``) a group, or intersection of groups, with fewer test rows than
+        ``min_group_size``.
+
+    Examples
+    --------
+    >>> groups = pd.DataFrame({"sex": ["f", "m"] * 20})
+    >>> check_groups(groups, groups, CsvOptions(label="y", groups=["sex"]))
+    >>> check_groups(groups[groups.sex == "f"], groups, CsvOptions(label="y", groups=["sex"]))
+    Traceback (most recent call last):
+    ...
+    polyculture.errors.DataError: group column 'sex' has a single value ('f') in the train rows; ...
+    """
+    if train is None or test is None:
+        return
+    for split, frame in (("train", train), ("test", test)):
+        for column in frame.columns:
+            values = frame[column].unique()
+            if len(values) < 2:
+                raise DataError(
+                    f"group column '{column}' has a single value ({values[0]!r}) in the "
+                    f"{split} rows",
+                    hint="a fairness audit compares groups: drop it from data.options.groups "
+                    "or use data with at least two groups",
+                )
+    if options.small_groups != "error":
+        return
+    attributes = [[c] for c in test.columns]
+    if len(test.columns) > 1:
+        attributes.append(list(test.columns))
+    for columns in attributes:
+        sizes = join_groups(test[columns]).value_counts()
+        small = sizes[sizes < options.min_group_size]
+        if len(small):
+            listed = ", ".join(f"{name!r} ({count} rows)" for name, count in small.items())
+            raise DataError(
+                f"group(s) of {' x '.join(columns)} with fewer than {options.min_group_size} "
+                f"test rows: {listed}",
+                hint="lower data.options.min_group_size, or set data.options.small_groups="
+                "'report' to show small groups flagged",
+            )
 
 
 def _encode(
@@ -205,7 +308,9 @@ def build_csv(path: Path | None, options: CsvOptions) -> RawData:
         raise DataError(f"'{path}' is a folder", hint="data.path must be the CSV file itself")
     if options.test_path is not None:
         train = _read(path, options, cleaning, "train")
-        test = _read(Path(options.test_path).expanduser(), options, cleaning, "test")
+        test_path = Path(options.test_path).expanduser()
+        test = _read(test_path, options, cleaning, "test")
+        _check_same_columns(train, test, test_path)
     else:
         frame = _read(path, options, cleaning, "train")
         train_rows, test_rows = seeded_split(
@@ -227,6 +332,8 @@ def build_csv(path: Path | None, options: CsvOptions) -> RawData:
             return None
         return frame[options.groups].fillna("(missing)").astype(str).reset_index(drop=True)
 
+    check_groups(groups_of(train), groups_of(test), options)
+
     return RawData(
         modality="tabular",
         class_names=names,
@@ -241,3 +348,118 @@ def build_csv(path: Path | None, options: CsvOptions) -> RawData:
         cleaning=cleaning,
         feature_names=feature_names,
     )
+
+
+ADULT_COLUMNS = [
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
+]
+"""Columns of the UCI Adult files (they have no header row)."""
+
+
+class AdultOptions(BaseModel):
+    """Options of the ``adult`` dataset (UCI Adult, Kohavi 1996).
+
+    Attributes
+    ----------
+    groups
+        Sensitive attributes kept per instance (default sex and race).
+    groups_as_features
+        Whether the sensitive attributes are also model inputs (default yes: the models see
+        them, as in most published Adult baselines; the model card states the choice).
+    test_path
+        Test file; default ``adult.test`` beside ``adult.data``. Re-evaluation points it at new
+        data in the same format.
+    test_header
+        Skip the first line of the test file (``adult.test`` starts with a non-data line);
+        ``None`` skips it only when it is not a data row.
+    drop_columns
+        Columns not used (default ``fnlwgt``, a census sampling weight, not a person's trait).
+    min_group_size, small_groups
+        As in the ``csv`` dataset.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    groups: list[str] = ["sex", "race"]
+    groups_as_features: bool = True
+    test_path: str | None = None
+    test_header: bool | None = None
+    drop_columns: list[str] = ["fnlwgt"]
+    min_group_size: int = Field(30, ge=1)
+    small_groups: Literal["report", "error"] = "report"
+
+
+def _is_adult_row(path: Path) -> bool:
+    """Whether the first line of ``path`` is a data row (15 comma-separated fields)."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        first = handle.readline()
+    return len(first.split(",")) == len(ADULT_COLUMNS) and first.split(",")[0].strip().isdigit()
+
+
+@dataset(
+    "adult",
+    description="UCI Adult census income (>50K or not) with sex and race as group attributes",
+    modality="tabular",
+    options=AdultOptions,
+    needs_path=True,
+)
+def build_adult(path: Path | None, options: AdultOptions) -> RawData:
+    """Read UCI Adult from its folder (``adult.data``, ``adult.test``) or from ``adult.data``.
+
+    Missing values (``?``) become NaN (use ``data.nonfinite = "drop"``); test labels lose their
+    trailing ``.``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> rows = [f"{20 + i}, Private, 1, HS-grad, 9, Never-married, Sales, Own-child, "
+    ...         f"{'White' if i % 3 else 'Black'}, {'Male' if i % 2 else 'Female'}, 0, 0, 40, "
+    ...         f"United-States, {'>50K' if i % 4 == 0 else '<=50K'}" for i in range(40)]
+    >>> _ = (folder / "adult.data").write_text("\\n".join(rows))
+    >>> _ = (folder / "adult.test").write_text("|1x3 Cross validator\\n" + ".\\n".join(rows) + ".")
+    >>> raw = build_adult(folder, AdultOptions())
+    >>> raw.class_names, len(raw.y_test), list(raw.groups_test.columns)
+    (('<=50K', '>50K'), 40, ['sex', 'race'])
+    """
+    assert path is not None
+    train_path = path / "adult.data" if path.is_dir() else path
+    test_path = (
+        Path(options.test_path).expanduser()
+        if options.test_path is not None
+        else train_path.with_name("adult.test")
+    )
+    if not test_path.is_file():
+        raise DataError(f"Adult test file '{test_path}' does not exist", hint="check the folder")
+    header = (
+        options.test_header if options.test_header is not None else not _is_adult_row(test_path)
+    )
+    csv_options = CsvOptions(
+        label="income",
+        test_path=str(test_path),
+        columns=ADULT_COLUMNS,
+        test_header=header,
+        groups=options.groups,
+        groups_as_features=options.groups_as_features,
+        drop_columns=options.drop_columns,
+        classes=["<=50K", ">50K"],
+        na_values=["?"],
+        label_strip=".",
+        min_group_size=options.min_group_size,
+        small_groups=options.small_groups,
+    )
+    return build_csv(train_path, csv_options)

@@ -248,7 +248,8 @@ def _overview(results: RunResults, timing: dict[str, Any]) -> Section:
     section = Section("overview", "Overview")
     facts = section.facts
     facts.append(("run", results.root.name))
-    facts.append(("kind", "audit of given predictions" if audit else "trained zoo"))
+    kinds = {"audit": "audit of given predictions", "recommend": "recommendation study"}
+    facts.append(("kind", kinds.get(str(study.get("kind")), "trained zoo")))
     if study.get("description"):
         facts.append(("description", str(study["description"])))
     if audit and study.get("source"):
@@ -256,7 +257,8 @@ def _overview(results: RunResults, timing: dict[str, Any]) -> Section:
     facts.append(("task", f"{task.get('name', '?')} ({task.get('modality', '?')})"))
     classes = [str(c) for c in task.get("classes", [])]
     shown = ", ".join(classes[:30]) + (f", … ({len(classes)} in all)" if len(classes) > 30 else "")
-    facts.append(("classes", f"{len(classes)}: {shown}"))
+    if classes:  # a recommendation study ranks items instead
+        facts.append(("classes", f"{len(classes)}: {shown}"))
     if task.get("group_attributes"):
         facts.append(("group attributes", ", ".join(map(str, task["group_attributes"]))))
     if study.get("seeds"):
@@ -1482,7 +1484,11 @@ def build_report(run_dir: str | Path) -> Path:
     >>> build_report(folder / "demo").name
     'report.html'
     """
+    from polyculture.report.fairness import fairness_sections
+    from polyculture.report.monitor import monitor_sections
+    from polyculture.report.recommendation import recommendation_sections
     from polyculture.report.selection import selection_sections
+    from polyculture.report.support import support_section
 
     results = load_run(run_dir)
     root = results.root
@@ -1508,6 +1514,10 @@ def build_report(run_dir: str | Path) -> Path:
         _budget(results, csv),
         _diversity(results, csv),
         *selection_sections(results, csv),
+        *monitor_sections(results, csv),
+        *fairness_sections(results, csv),
+        *recommendation_sections(results, csv),
+        support_section(results, csv),
         _failed(results, labels, csv),
     ]
     sections = [s for s in candidates if s is not None]

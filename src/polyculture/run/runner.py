@@ -30,7 +30,7 @@ import torch
 from polyculture.data.builders import DataSpec, build_task
 from polyculture.data.task import Task
 from polyculture.errors import ConfigError, ExecutionError
-from polyculture.measure.cost import member_cost
+from polyculture.measure.cost import cost_profile, member_cost, stored_size
 from polyculture.measure.performance import (
     ANSWER_METRICS,
     METRICS,
@@ -41,6 +41,7 @@ from polyculture.plugins import load_entry_point_plugins, load_plugins
 from polyculture.run.analyze import analyze_run
 from polyculture.run.distributed import dashboard_link, dask_available, dask_client, run_on_dask
 from polyculture.run.emergence import Sweep, analyze_emergence, check_sweep_metrics
+from polyculture.run.fairness import fairness_after_run
 from polyculture.run.results import RunResults
 from polyculture.run.select import select_after_run
 from polyculture.run.store import (
@@ -61,6 +62,7 @@ from polyculture.run.study import (
     load_suite,
 )
 from polyculture.train.backbone import (
+    AdaptedModel,
     backbone_features,
     feature_task,
     load_backbone,
@@ -68,6 +70,7 @@ from polyculture.train.backbone import (
     pretrain_backbone,
 )
 from polyculture.train.member import (
+    COST_EXAMPLES,
     Adaptation,
     MemberResult,
     RobustnessCheck,
@@ -75,7 +78,7 @@ from polyculture.train.member import (
     train_member,
 )
 from polyculture.train.tensorboard import log_member
-from polyculture.zoo.base import final_layer
+from polyculture.zoo.base import ZooModel, final_layer
 
 ProgressCallback = Callable[[MemberPlan, dict[str, Any], bool], None]
 """Called once per member with its plan, its record, and whether it was skipped (already done)."""
@@ -290,6 +293,7 @@ def _run_loaded(
         seed=study.evaluate.bootstrap_seed,
     )
     select_after_run(store.root, seed=study.evaluate.bootstrap_seed)
+    fairness_after_run(store.root, seed=study.evaluate.bootstrap_seed)
     if report:
         _write_report(store)
     write_text(
@@ -439,6 +443,48 @@ def train_and_store_backbone(
     return record
 
 
+def _probe_cost(
+    store: RunStore, task: Task, backbone: BackbonePlan, layer: str
+) -> Callable[[Any, Any], dict[str, Any]]:
+    """The cost callback of a probe member: backbone and head measured together.
+
+    A probe serves raw inputs, so its latency, memory and size include computing the frozen
+    backbone's features, not just the head on stored features.
+    """
+
+    def measure(head: Any, _features: Any) -> dict[str, Any]:
+        prepared = prepare_task(task, backbone.spec.family)
+        network = load_backbone(
+            backbone.model,
+            prepared,
+            store.backbone_weights(backbone.backbone_id),
+            _source_task(backbone),
+        ).eval()
+        inputs = prepared.test.x[:COST_EXAMPLES]  # (n, *backbone input shape)
+        if isinstance(head, ZooModel):
+            return member_cost(AdaptedModel(network, layer, head, None), inputs)
+
+        # As a module, so memory is tracked the way it is for every torch member.
+        serving = _ClassicalProbe(network, layer, head)
+        size = stored_size(network) + stored_size(head)
+        return cost_profile(serving, inputs, threads=1, device="cpu", size_bytes=size).record()
+
+    return measure
+
+
+class _ClassicalProbe(torch.nn.Module):
+    """A frozen backbone and a scikit-learn head on its features, as one module (for timing)."""
+
+    def __init__(self, backbone: ZooModel, layer: str, head: Any) -> None:
+        super().__init__()
+        self.backbone, self.layer, self.head = backbone, layer, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone.representations(x)[self.layer]  # (b, d)
+        flat = features.reshape(len(features), -1).float().numpy()
+        return torch.from_numpy(self.head.predict_proba(flat))  # (b, classes)
+
+
 def _source_task(plan: BackbonePlan) -> Task | None:
     """The source task of a supervised backbone, prepared for its family (else ``None``)."""
     spec = plan.spec
@@ -481,7 +527,7 @@ def _train_plan(
             plan.train,
             plan.seed,
             input_representation=f"backbone.{record['layer']}",
-            **common,
+            **(common | {"cost": _probe_cost(store, task, backbone, str(record["layer"]))}),
         )
     prepared = prepare_task(task, backbone.spec.family)
     if key not in _ADAPTED:

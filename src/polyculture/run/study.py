@@ -323,6 +323,7 @@ BUILTIN_STUDIES = (
     "emergence-addition",
     "emergence-parity",
     "emergence-mnist1d",
+    "adult",
 )
 
 
@@ -425,7 +426,7 @@ def load_study(source: str | Path | Study | dict[str, Any], overrides: list[str]
             hint="run it with `polyculture run` or polyculture.run.run_suite",
         )
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     plugins = raw.get("plugins", [])
     if plugins:
         if not isinstance(plugins, list):
@@ -480,15 +481,26 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``key.path=value`` override to the raw study dict, checking the key exists."""
+def apply_override(raw: dict[str, Any], item: str, schema: type[BaseModel] | None = None) -> None:
+    """Apply one ``key.path=value`` override to a raw study dict, checking the key exists.
+
+    ``schema`` is the pydantic model the dict validates against (default :class:`Study`); keys
+    are checked against its fields down to free-form tables (``data.options``, ``params``).
+
+    Examples
+    --------
+    >>> raw = {"train": {"epochs": 3}}
+    >>> apply_override(raw, "train.epochs=5")
+    >>> raw
+    {'train': {'epochs': 5}}
+    """
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set '{item}' is not key=value", hint="write e.g. train.epochs=5")
     parts = key.strip().split(".")
     value = _parse_value(text.strip())
     node: Any = raw
-    model: type[BaseModel] | None = Study
+    model: type[BaseModel] | None = Study if schema is None else schema
     free_form = False  # inside a dict[str, Any] field (data.options, zoo.N.params, ...)
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

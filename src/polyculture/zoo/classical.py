@@ -1,4 +1,5 @@
-"""Classical (scikit-learn) families: ``logreg``, ``random_forest``, ``knn`` and ``tfidf_logreg``.
+"""Classical (scikit-learn) families: ``logreg``, ``random_forest``, ``hist_gbm``, ``knn`` and
+``tfidf_logreg``.
 
 All are one wrapper, :class:`SklearnModel`, over a scikit-learn estimator. Inputs of any
 modality are flattened to ``(n, d)``. Probabilities always have one column per class of the task,
@@ -19,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, PositiveInt
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
@@ -199,6 +200,21 @@ class RandomForestKnobs(Knobs):
     min_samples_leaf: PositiveInt = Field(1, description="minimum samples per leaf")
 
 
+def _n_boosted(est: Any) -> int:
+    """Total number of nodes over all boosted trees (one tree per class and iteration)."""
+    return int(sum(tree.nodes.size for trees in est._predictors for tree in trees))
+
+
+class HistGBMKnobs(Knobs):
+    """Knobs of ``hist_gbm`` (histogram gradient boosting, as LightGBM does it)."""
+
+    max_iter: PositiveInt = Field(100, description="boosting iterations (trees per class)")
+    learning_rate: float = Field(0.1, gt=0.0, le=1.0, description="shrinkage of each tree")
+    max_leaf_nodes: PositiveInt = Field(31, ge=2, description="leaves per tree")
+    min_samples_leaf: PositiveInt = Field(20, description="minimum samples per leaf")
+    l2_regularization: float = Field(0.0, ge=0.0, description="L2 penalty on leaf values")
+
+
 class KNNKnobs(Knobs):
     """Knobs of ``knn``: the number of neighbours ``k``."""
 
@@ -248,6 +264,41 @@ def build_random_forest(
         )
 
     return SklearnModel(make, num_classes, count=_n_forest)
+
+
+@family(
+    "hist_gbm",
+    kind="sklearn",
+    modalities=("sequence", "image", "tabular"),
+    knobs=HistGBMKnobs,
+    description="histogram gradient boosting of decision trees (scikit-learn)",
+)
+def build_hist_gbm(
+    knobs: HistGBMKnobs, input_shape: tuple[int, ...], num_classes: int, modality: Modality
+) -> SklearnModel:
+    """Build a histogram-gradient-boosting :class:`SklearnModel` (seeded by ``fit``).
+
+    Examples
+    --------
+    >>> model = build_hist_gbm(HistGBMKnobs(max_iter=5), (1,), 2, "tabular")
+    >>> x = np.array([[0.0], [1.0], [2.0], [3.0]] * 10)
+    >>> model.fit(x, np.array([0, 0, 1, 1] * 10), seed=0).predict_proba(x[:4]).argmax(1).tolist()
+    [0, 0, 1, 1]
+    """
+    check_input_shape("hist_gbm", input_shape, modality)
+
+    def make() -> ClassifierMixin:
+        return HistGradientBoostingClassifier(
+            max_iter=knobs.max_iter,
+            learning_rate=knobs.learning_rate,
+            max_leaf_nodes=knobs.max_leaf_nodes,
+            min_samples_leaf=knobs.min_samples_leaf,
+            l2_regularization=knobs.l2_regularization,
+            # No early stopping: its validation split would make max_iter a moving target.
+            early_stopping=False,
+        )
+
+    return SklearnModel(make, num_classes, count=_n_boosted)
 
 
 @family(
