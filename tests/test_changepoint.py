@@ -25,8 +25,8 @@ def transformed(events: np.ndarray, volumes: np.ndarray) -> np.ndarray:
 
 def ewma_direct(events, volumes, baseline_events, baseline_volume, lam):
     """The EWMA written as explicit weighted sums (no recursion)."""
-    center = transformed(np.array(baseline_events), np.array(baseline_volume))
-    d = transformed(events, volumes) - center
+    share = baseline_events / baseline_volume
+    d = transformed(events, volumes) - transformed(share * volumes, volumes)  # centre per volume
     out = []
     for t in range(len(d)):
         weights = np.array([lam * (1 - lam) ** (t - i) for i in range(t + 1)])
@@ -39,7 +39,8 @@ def ewma_direct(events, volumes, baseline_events, baseline_volume, lam):
 
 def cusum_direct(events, volumes, baseline, slack):
     """Page's CUSUM as the cumulative sum minus its running minimum (no max(0, .) recursion)."""
-    z = (transformed(events, volumes) - math.asin(math.sqrt(baseline))) * np.sqrt(4 * volumes)
+    centre = transformed(baseline * volumes, volumes)  # the baseline share at each volume
+    z = (transformed(events, volumes) - centre) * np.sqrt(4 * volumes)
     walk = np.concatenate([[0.0], np.cumsum(z - slack)])
     return walk[1:] - np.minimum.accumulate(walk)[1:]
 
@@ -47,6 +48,14 @@ def cusum_direct(events, volumes, baseline, slack):
 counts = st.lists(st.tuples(st.integers(1, 60), st.floats(0, 1)), min_size=1, max_size=30).map(
     lambda rows: (np.array([round(f * n) for n, f in rows]), np.array([n for n, _ in rows]))
 )
+
+
+def test_a_window_exactly_at_the_baseline_does_not_move_the_statistic() -> None:
+    # Small volumes: the transform's 3/8 offset must not read as a rise (baseline 0 included).
+    for baseline in (0.0, 0.1):
+        events, volumes = np.full(48, round(baseline * 10)), np.full(48, 10)
+        assert np.allclose(ewma_statistics(events, volumes, baseline), 0.0)
+        assert np.allclose(cusum_statistics(events, volumes, baseline, slack=0.0), 0.0)
 
 
 @settings(max_examples=40, deadline=None)

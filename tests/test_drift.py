@@ -47,6 +47,14 @@ def test_psi_of_a_binary_feature_uses_one_bin_per_value() -> None:
     assert population_stability_index(reference, current) == pytest.approx(expected)
 
 
+def test_psi_counts_a_category_the_reference_never_had() -> None:
+    reference = np.r_[np.zeros(500), np.ones(500)]
+    current = np.r_[np.zeros(500), np.full(500, 4.0)]  # half the rows in a new category
+    # bins 0, 1, new: shares 0.5/0.5/0 against 0.5/0/0.5, zero shares floored at 1e-4
+    expected = 2 * (0.5 - 1e-4) * np.log(0.5 / 1e-4)
+    assert population_stability_index(reference, current) == pytest.approx(expected)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 10_000))
 def test_psi_is_non_negative_and_zero_for_identical_samples(seed: int) -> None:

@@ -236,6 +236,18 @@ def test_lateness_too_late_records_and_batch_size_independence(tmp_path: Path) -
     assert malformed["too_late"] == 1 and malformed["records"] == 301
 
 
+def test_a_record_far_in_the_future_does_not_close_every_window(tmp_path: Path) -> None:
+    lines = [json.dumps({"timestamp": START + 60 * i, "text": f"Acme loss {i}"}) for i in range(50)]
+    # A typo'd year: without max_skew its time would become the watermark and the 40 records
+    # after it would all be too late.
+    lines.insert(10, json.dumps({"timestamp": "2052-05-01T00:00:00Z", "text": "Acme typo"}))
+    path = write_stream(tmp_path / "future.jsonl", lines)
+    result = run_monitor(tmp_path, path, TOPICS, scorers=[Keyword()], settings=MonitorSettings())
+    assert result.info["records"] == 50 and result.info["too_late"] == 0
+    assert result.info["malformed_lines"] == {"too_far_ahead": {"count": 1, "lines": [11]}}
+    assert result.info["malformed"] == 1
+
+
 def test_windows_match_a_direct_count(tmp_path: Path) -> None:
     lines = stream_lines(3, hours=10, rate=8)
     result = run_monitor(

@@ -103,6 +103,21 @@ def test_bad_reevaluation_input(logreg_run: Path, tmp_path: Path) -> None:
         reevaluate(logreg_run, tmp_path / "missing.csv", name="../x")
 
 
+def test_a_run_with_a_held_out_test_fraction_cannot_be_reevaluated(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Its training split came from the same file as its test split: pointing test_path at new
+    # data would retrain on other rows, so it is refused in one line.
+    study = synthetic_study(tmp_path, name="one-file")
+    study["data"]["options"] = {
+        k: v for k, v in study["data"]["options"].items() if k != "test_path"
+    }
+    study["zoo"] = [{"family": "logreg"}]
+    run = run_study(study, tmp_path / "runs", report=False).root
+    with pytest.raises(ConfigError, match="held out of one file"):
+        reevaluate(run, data_dir / "fresh0.csv")
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "polyculture", *args],

@@ -84,6 +84,29 @@ def test_malformed_jsonl_lines_are_counted_with_line_numbers_and_never_stop() ->
     assert "bad_json: 2 (line 2, …)" in reader.malformed.describe()
 
 
+def test_hostile_lines_are_malformed_not_fatal(tmp_path: Path) -> None:
+    lines = [
+        '{"timestamp": ' + "1" * 5000 + ', "text": "huge number"}',  # 1: ValueError in json
+        '{"timestamp": 1714521600000, "text": "epoch milliseconds"}',  # 2: year 56301
+        '{"timestamp": 1714521600, "text": 5}',  # 3: a number is text
+        '{"timestamp": 1714521600, "text": ["a", "list"]}',  # 4
+        '{"timestamp": 1714521600, "text": "lone \\ud800 surrogate"}',  # 5
+        '{"timestamp": 1714521601, "text": "fine"}',  # 6
+    ]
+    reader = StreamReader(io.BytesIO("\n".join(lines).encode()), "jsonl")
+    records = list(reader)
+    assert [(r.line, r.text) for r in records] == [(3, "5"), (6, "fine")]
+    assert reader.malformed.summary() == {
+        "bad_json": {"count": 1, "lines": [1]},
+        "bad_timestamp": {"count": 1, "lines": [2]},
+        "missing_text": {"count": 1, "lines": [4]},
+        "bad_encoding": {"count": 1, "lines": [5]},
+    }
+    tsv = tmp_path / "NEWS.TSV"
+    tsv.write_text("timestamp\ttext\n1714521600\tAcme, Inc. rose\n")
+    assert [r.text for r in StreamReader(tsv)] == ["Acme, Inc. rose"]
+
+
 def test_csv_stream_with_header_and_bad_rows(tmp_path: Path) -> None:
     path = tmp_path / "news.csv"
     path.write_text(

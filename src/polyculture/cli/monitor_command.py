@@ -91,6 +91,13 @@ def monitor(
     lateness: Annotated[
         str, typer.Option("--lateness", help="How far out of order records may arrive.")
     ] = "10m",
+    max_skew: Annotated[
+        str,
+        typer.Option(
+            "--max-skew",
+            help="Records this far ahead of the latest time seen are malformed (typos, ms).",
+        ),
+    ] = "1d",
     detector: Annotated[str, typer.Option("--detector", help="ewma or cusum.")] = "ewma",
     limit: Annotated[
         float | None,
@@ -172,6 +179,7 @@ def monitor(
     settings = MonitorSettings(
         window=parse_duration(window),
         lateness=parse_duration(lateness),
+        max_skew=parse_duration(max_skew),
         detector=DetectorSettings(
             method=detector,  # type: ignore[arg-type]  # checked above
             limit=limit,

@@ -114,6 +114,13 @@ class MalformedLog:
         return "; ".join(parts) or "none"
 
 
+MIN_SECONDS = -9_183_000_000.0
+"""Earliest accepted time (1679-01-01), inside the range of pandas timestamps."""
+
+MAX_SECONDS = 9_213_000_000.0
+"""Latest accepted time (2261-12-11), inside the range of pandas timestamps."""
+
+
 def parse_timestamp(value: Any) -> float:
     """Seconds since the epoch of an ISO 8601 string or of epoch seconds (number or string).
 
@@ -148,6 +155,10 @@ def parse_timestamp(value: Any) -> float:
             seconds = parsed.timestamp()
     if not math.isfinite(seconds):
         raise ValueError(f"not a finite time: {value!r}")
+    # Epoch milliseconds or typos far in the future must be malformed lines, not a crash later
+    # when a window is named: pandas timestamps (used for windows) end in 2262.
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        raise ValueError(f"time out of range (years 1678-2261): {value!r}")
     return seconds
 
 
@@ -176,9 +187,15 @@ def _record(fields: dict[str, Any], line: int, log: MalformedLog) -> StreamRecor
         log.add("missing_timestamp", line)
         return None
     text = fields.get("text")
-    if text is None or not str(text).strip():
-        log.add("missing_text", line)
+    if not isinstance(text, str | int | float) or isinstance(text, bool) or not str(text).strip():
+        log.add("missing_text", line)  # absent, empty, or a list/object instead of text
         return None
+    for value in (text, fields.get("source"), fields.get("entity")):
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800") cannot be written out later
+            log.add("bad_encoding", line)
+            return None
     try:
         timestamp = parse_timestamp(raw_time)
     except (ValueError, OverflowError, OSError):
@@ -292,7 +309,9 @@ class StreamReader:
             raise ConfigError(f"unknown stream format '{fmt}'", hint="use jsonl or csv")
         self.format: StreamFormat = fmt or "jsonl"
         self.delimiter = (
-            "\t" if isinstance(source, str | Path) and str(source).endswith(".tsv") else ","
+            "\t"
+            if isinstance(source, str | Path) and Path(source).suffix.lower() == ".tsv"
+            else ","
         )
         self.lines = LineSource(handle, follow)
         self._header: list[str] | None = None
@@ -325,7 +344,7 @@ class StreamReader:
         if self.format == "jsonl":
             try:
                 fields = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # JSONDecodeError, or a 5,000-digit number
                 self.malformed.add("bad_json", number)
                 return None
             if not isinstance(fields, dict):

@@ -78,14 +78,18 @@ def _read_rows(path: Path, what: str, required: Sequence[str]) -> tuple[list[str
             f"{what} file '{path}' line {line} is not valid UTF-8",
             hint="save the file as UTF-8",
         ) from None
+    numbered: list[tuple[int, list[str]]] = []
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        # newline="\n" keeps the line numbers of csv.reader equal to the file's lines.
-        rows = list(csv.reader(io.StringIO(text, newline="\n")))
+        start = 1  # the file line a record starts on (a quoted field may span lines)
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                numbered.append((start, row))
+            start = reader.line_num + 1
     except csv.Error as err:
         raise DataError(
             f"{what} file '{path}' is not a valid CSV ({err})", hint="quote texts that hold commas"
         ) from None
-    numbered = [(n, r) for n, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
     if not numbered:
         raise DataError(
             f"{what} file '{path}' is empty", hint=f"write a header ({','.join(required)})"

@@ -201,6 +201,12 @@ def check_groups(
     if train is None or test is None:
         return
     for split, frame in (("train", train), ("test", test)):
+        if len(frame) == 0:
+            raise DataError(
+                f"the {split} split has no rows left after loading",
+                hint="see the cleaning log: labels outside data.options.classes, missing values, "
+                "or duplicates removed every row",
+            )
         for column in frame.columns:
             values = frame[column].unique()
             if len(values) < 2:

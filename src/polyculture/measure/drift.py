@@ -63,12 +63,16 @@ def population_stability_index(reference: Array, current: Array, bins: int = 10)
         raise MeasureInputError(f"bins must be at least 2, got {bins}", hint="use e.g. 10")
     values = np.unique(ref)
     if len(values) <= bins:
-        # Discrete feature (e.g. one-hot): one bin per reference value, new values in their own.
-        edges = (values[1:] + values[:-1]) / 2
+        # Discrete feature (e.g. one-hot): one bin per reference value by exact match, and one
+        # more for values the reference never had (a new category must count as drift).
+        ref_share = np.bincount(np.searchsorted(values, ref), minlength=len(values) + 1)
+        position = np.minimum(np.searchsorted(values, cur), len(values) - 1)
+        known = values[position] == cur
+        cur_share = np.bincount(np.where(known, position, len(values)), minlength=len(values) + 1)
     else:
         edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref_share = np.bincount(np.searchsorted(edges, ref, "right"), minlength=len(edges) + 1)
-    cur_share = np.bincount(np.searchsorted(edges, cur, "right"), minlength=len(edges) + 1)
+        ref_share = np.bincount(np.searchsorted(edges, ref, "right"), minlength=len(edges) + 1)
+        cur_share = np.bincount(np.searchsorted(edges, cur, "right"), minlength=len(edges) + 1)
     r = np.maximum(ref_share / len(ref), _FLOOR)
     c = np.maximum(cur_share / len(cur), _FLOOR)
     return float(np.sum((c - r) * np.log(c / r)))

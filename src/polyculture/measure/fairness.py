@@ -120,12 +120,14 @@ def _disparities(rates: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
         low = {k: np.nanmin(v, axis=-1) for k, v in rates.items()}
         high = {k: np.nanmax(v, axis=-1) for k, v in rates.items()}
-        ratio = {k: low[k] / high[k] for k in rates}
+        # Equal rates of 0 in every group (no false positives anywhere) are parity: ratio 1.
+        ratio = {k: np.where(high[k] == 0, 1.0, low[k] / high[k]) for k in rates}
     return {
         "demographic_parity_difference": high["selection_rate"] - low["selection_rate"],
         "demographic_parity_ratio": ratio["selection_rate"],
-        "equalized_odds_difference": np.maximum(high["tpr"] - low["tpr"], high["fpr"] - low["fpr"]),
-        "equalized_odds_ratio": np.minimum(ratio["tpr"], ratio["fpr"]),
+        # fmax/fmin: a rate undefined in every group (NaN) leaves the other one to decide
+        "equalized_odds_difference": np.fmax(high["tpr"] - low["tpr"], high["fpr"] - low["fpr"]),
+        "equalized_odds_ratio": np.fmin(ratio["tpr"], ratio["fpr"]),
         "accuracy_difference": high["accuracy"] - low["accuracy"],
     }
 
@@ -157,11 +159,12 @@ def group_metrics(
 ) -> GroupFairness:
     """Accuracy, selection rate, TPR and FPR by group with bootstrap CIs, and disparities.
 
-    Point values come from fairlearn's ``MetricFrame`` (``by_group``, ``overall``, and
-    ``difference`` / ``ratio`` with ``method="between_groups"`` for the demographic parity and
-    equalized odds summaries, exactly as ``fairlearn.metrics.demographic_parity_difference`` and
-    ``equalized_odds_difference`` compute them) over the groups with at least
-    ``min_group_size`` instances.
+    Per-group and overall values come from fairlearn's ``MetricFrame``. The disparities follow
+    fairlearn's ``method="between_groups"`` definitions (as
+    ``fairlearn.metrics.demographic_parity_difference`` and ``equalized_odds_difference``) over
+    the groups with at least ``min_group_size`` instances, computed from confusion counts like
+    every bootstrap resample; where fairlearn scores a group's undefined TPR (no positives) or
+    FPR (no negatives) as 0, it is left out here, and a ratio of two zero rates is 1.
     CIs are percentile bootstrap intervals: each resample draws ``n`` instances with replacement
     from the whole set (group sizes vary as they would in a new sample) and recomputes every
     number from its confusion counts.
@@ -256,34 +259,20 @@ def group_metrics(
     by_group.insert(3, "negatives", by_group["n"] - by_group["positives"])
     by_group.insert(4, "small", small)
 
+    # Confusion counts per (group, truth, decision, correct): the point values and every
+    # bootstrap resample go through the same _disparities, so an estimate always lies within the
+    # reach of its interval. They are fairlearn's "between_groups" definitions (demographic
+    # parity compares selection rates, equalized odds the worse of the TPR and FPR gaps), except
+    # that a rate undefined in a group (TPR without positives) is left out rather than taken as 0.
+    cells = ((codes * 2 + true_positive) * 2 + decided_positive) * 2 + (truth == predicted)
+    n_cells = len(names) * 8
     compared = int((~small).sum())
     values: dict[str, float] = dict.fromkeys(DISPARITIES, float("nan"))
     if compared >= 2:
-        # fairlearn's definitions (method "between_groups"): demographic parity compares
-        # selection rates, equalized odds the worse of the TPR and FPR differences (ratios).
-        among = frame
-        if small.any():
-            large = ~small[codes]  # (n,) rows of the groups compared
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                among = metrics.MetricFrame(
-                    metrics={"selection_rate": selection_rate, "tpr": tpr, "fpr": fpr},
-                    y_true=truth[large],
-                    y_pred=predicted[large],
-                    sensitive_features=pd.Series(labels[large], name="group"),
-                )
-        difference = among.difference(method="between_groups")
-        ratio = among.ratio(method="between_groups")
-        values["demographic_parity_difference"] = float(difference["selection_rate"])
-        values["demographic_parity_ratio"] = float(ratio["selection_rate"])
-        values["equalized_odds_difference"] = float(max(difference["tpr"], difference["fpr"]))
-        values["equalized_odds_ratio"] = float(min(ratio["tpr"], ratio["fpr"]))
-        accuracy = by_group.loc[~small, "accuracy"].to_numpy(float)
-        values["accuracy_difference"] = float(accuracy.max() - accuracy.min())
+        observed = np.bincount(cells, minlength=n_cells).reshape(len(names), 2, 2, 2)
+        observed_rates = {k: v[~small] for k, v in _rates(observed).items()}  # each (compared,)
+        values = {k: float(v) for k, v in _disparities(observed_rates).items()}
 
-    # Bootstrap: confusion counts per (resample, group, truth, decision, correct).
-    cells = ((codes * 2 + true_positive) * 2 + decided_positive) * 2 + (truth == predicted)
-    n_cells = len(names) * 8
     rng = np.random.default_rng(seed)
     boot_group: dict[str, list[np.ndarray]] = {k: [] for k in GROUP_METRICS}
     boot_overall: dict[str, list[np.ndarray]] = {k: [] for k in GROUP_METRICS}

@@ -264,6 +264,10 @@ class Scorer(Protocol):
     def predict_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+TOO_FAR_AHEAD = "too_far_ahead"
+"""Malformed-line reason of records beyond ``max_skew`` ahead of the latest time seen."""
+
+
 @dataclass(frozen=True)
 class MonitorSettings:
     """Settings of one monitor run (durations in seconds).
@@ -274,6 +278,10 @@ class MonitorSettings:
         Window length (windows are aligned to the epoch, UTC).
     lateness
         How far out of order records may arrive.
+    max_skew
+        A record this far ahead of the latest time seen is malformed (``too_far_ahead``: a typo
+        such as 2052 for 2025, or epoch milliseconds) and does not move the watermark, which
+        would otherwise close every window and count all later records as too late.
     detector
         The change detector (:class:`DetectorSettings`).
     batch_size
@@ -296,6 +304,7 @@ class MonitorSettings:
 
     window: float = 3600.0
     lateness: float = 600.0
+    max_skew: float = 86400.0
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     batch_size: int = 256
     examples: int = 3
@@ -312,6 +321,8 @@ class MonitorSettings:
             raise ConfigError(f"window {self.window} s is not positive", hint="e.g. --window 1h")
         if not (self.lateness >= 0 and math.isfinite(self.lateness)):
             raise ConfigError(f"lateness {self.lateness} s is negative", hint="e.g. 10m")
+        if not self.max_skew > 0:
+            raise ConfigError(f"max_skew {self.max_skew} s is not positive", hint="e.g. 1d")
         if self.batch_size < 1 or self.examples < 0 or self.rolling < 1:
             raise ConfigError(
                 "batch_size and rolling must be >= 1, examples >= 0", hint="e.g. --batch-size 256"
@@ -429,6 +440,9 @@ class SentimentMonitor:
 
     def add(self, record: StreamRecord) -> None:
         """Queue one record (or count it as too late when its window has closed)."""
+        if self.max_time > -math.inf and record.timestamp > self.max_time + self.settings.max_skew:
+            self.late.add(TOO_FAR_AHEAD, record.line)
+            return
         start = self._window_start(record.timestamp)
         if start + self.settings.window <= self._boundary():
             self.late.add("too_late", record.line)
@@ -760,6 +774,10 @@ def finish_monitor(
     windows["rolling_negative_share"] = _rolling(windows, settings) if len(windows) else []
     agreement, overall = _agreement(monitor) if len(monitor.scorers) > 1 else (pd.DataFrame(), {})
     malformed = reader.malformed if reader is not None else MalformedLog()
+    reasons = malformed.summary()
+    ahead = monitor.late.counts.get(TOO_FAR_AHEAD, 0)
+    if ahead:  # malformed in time, found by the monitor rather than the reader
+        reasons[TOO_FAR_AHEAD] = {"count": ahead, "lines": monitor.late.lines[TOO_FAR_AHEAD]}
     names = [s.name for s in monitor.scorers]
     info = {
         "stream": reader.name if reader is not None else "records",
@@ -768,8 +786,8 @@ def finish_monitor(
         "settings": settings.as_dict(),
         "lines": reader.lines_read if reader is not None else monitor.records,
         "records": monitor.records,
-        "malformed": malformed.total,
-        "malformed_lines": malformed.summary(),
+        "malformed": malformed.total + ahead,
+        "malformed_lines": reasons,
         "too_late": monitor.late.counts.get("too_late", 0),
         "too_late_lines": monitor.late.lines.get("too_late", []),
         "alerts": len(monitor.alerts),

@@ -329,9 +329,11 @@ def plan_members(study: RecommendStudy, fingerprint: str) -> list[RecommendPlan]
     for spec in study.members:
         seeds = study.seeds[:1] if spec.kind == "popularity" else study.seeds
         for seed in seeds:
-            member_id = stable_hash(
-                {"spec": spec.model_dump(mode="json"), "data": fingerprint, "seed": seed}
-            )
+            # k picks a content member's best epoch (validation NDCG@k): part of what it is
+            key = {"spec": spec.model_dump(mode="json"), "data": fingerprint, "seed": seed}
+            if spec.kind == "content":
+                key["k"] = study.evaluate.k
+            member_id = stable_hash(key)
             plans.append(RecommendPlan(spec, seed, member_id))
     return plans
 

@@ -106,6 +106,15 @@ def new_data_task(results: RunResults, data: str | Path) -> Task:
             hint="re-evaluation works for datasets with a test_path option (csv, adult, text_csv)",
         )
     options = dict(spec.get("options") or {})
+    if options.get("test_path") is None and "test_fraction" in builder.options.model_fields:
+        # The run held out test_fraction of one file: pointing test_path at the new data would
+        # make the whole file the training split (other statistics, vocabulary, refits).
+        raise ConfigError(
+            "the run's test split was held out of one file (data.options.test_fraction), so "
+            "its training split cannot be rebuilt beside new data",
+            hint="re-evaluate runs whose study reads a separate test file "
+            "(data.options.test_path), or rerun the study with one",
+        )
     options["test_path"] = str(path.resolve())
     # New data may hold one group only (this month's applicants from one region): group
     # attributes are not needed to score members, so their checks are turned off by not keeping
