@@ -101,7 +101,7 @@ def monitor(
     detector: Annotated[str, typer.Option("--detector", help="ewma or cusum.")] = "ewma",
     limit: Annotated[
         float | None,
-        typer.Option("--limit", help="Alert limit (default: ewma 3.75 sd, cusum 5)."),
+        typer.Option("--limit", help="Alert limit (default: ewma 3.5 sd, cusum 4)."),
     ] = None,
     smoothing: Annotated[float, typer.Option("--smoothing", help="EWMA weight lambda.")] = 0.3,
     slack: Annotated[float, typer.Option("--slack", help="CUSUM allowance k (sd).")] = 1.0,

@@ -19,15 +19,15 @@ otherwise raise false alarms for ever after).
   with ``E_0 = 0``; its exact variance with varying volumes and an estimated baseline is
   ``V_t = sum_i w_i^2 / (4 n_i) + (sum_i w_i)^2 / (4 N)`` with ``w_i = lam (1 - lam)^(t-i)``.
   The statistic is ``E_t / sqrt(V_t)``; an alert when it exceeds ``limit`` (defaults
-  ``lam = 0.3``, ``limit = 3.75``).
+  ``lam = 0.3``, ``limit = 3.5``).
 * **One-sided CUSUM** (Page 1954): ``z_t = d_t / sqrt(1 / (4 n_t) + 1 / (4 N))``,
   ``S_t = max(0, S_{t-1} + z_t - slack)``; an alert when ``S_t`` exceeds ``limit`` (defaults
-  ``slack = 1``, tuned to bursts of two or more standard deviations, and ``limit = 5``; with the
+  ``slack = 1``, tuned to bursts of two or more standard deviations, and ``limit = 4``; with the
   textbook ``slack = 0.5`` the shared baseline error, which makes consecutive ``z_t``
   correlated, raises too many false alarms after a short warm-up).
 
-The defaults keep the false alarms of a day-long warm-up low (about 0.5% (EWMA) and under 0.5%
-(CUSUM) of streams of 4 topics x 72 hourly windows of ~15 texts raise one; see
+The defaults keep the false alarms of a day-long warm-up low (about 1% (EWMA) and 0.5% (CUSUM)
+of streams of 4 topics x 72 hourly windows of ~15 texts raise one; see
 ``tests/test_changepoint.py`` and docs/monitor.md).
 
 :func:`ewma_statistics` and :func:`cusum_statistics` are the plain array forms (every window
@@ -46,7 +46,7 @@ import numpy as np
 from polyculture.errors import MeasureInputError
 
 Method = Literal["ewma", "cusum"]
-DEFAULT_LIMITS: dict[str, float] = {"ewma": 3.75, "cusum": 5.0}
+DEFAULT_LIMITS: dict[str, float] = {"ewma": 3.5, "cusum": 4.0}
 """Default alert limits per method (in-control false alarms: see docs/monitor.md)."""
 
 
