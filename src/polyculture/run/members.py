@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from safetensors.torch import load_file
 
 from polyculture.data.builders import DataSpec, build_task
@@ -112,13 +113,8 @@ def load_member(run_dir: str | Path | RunResults, member: str) -> TrainedMember:
     torch.Size([2, 10])
     """
     results = run_dir if isinstance(run_dir, RunResults) else load_run(run_dir)
-    row = find_member(results.members, member)
-    record = results.store.member_record(str(row["member_id"]))
+    record = trained_record(results, member)
     label = f"{record['name']} seed {record['seed']}"
-    if record["status"] != "ok":
-        raise ConfigError(
-            f"member {label} failed ({record['reason']})", hint="pick a member that trained"
-        )
     if record["kind"] != "torch":
         raise ConfigError(
             f"member {label} is a scikit-learn model ({record['family']}), not a torch network",
@@ -130,23 +126,67 @@ def load_member(run_dir: str | Path | RunResults, member: str) -> TrainedMember:
             f"member {label} adapts backbone '{record['backbone']}'",
             hint="only members trained from scratch on the task's inputs are supported here",
         )
-    path = results.store.member_dir(str(row["member_id"])) / "weights.safetensors"
-    if not path.is_file():
-        raise RunStoreError(f"member {label} has no weights file ({path})", hint="rerun the study")
+    weights = member_weights(results, record)
     task = build_task(DataSpec.model_validate(results.study["data"]))
     prepare = FAMILIES.get(record["family"]).prepare
     task = task if prepare is None else prepare(task)
+    return TrainedMember(record, member_network(record, task, weights), task)
+
+
+def trained_record(results: RunResults, member: str) -> dict[str, Any]:
+    """The ``member.json`` of the member ``member`` names, which must have trained.
+
+    Raises
+    ------
+    ConfigError
+        Unknown member, or a member that failed.
+    """
+    row = find_member(results.members, member)
+    record = results.store.member_record(str(row["member_id"]))
+    if record["status"] != "ok":
+        raise ConfigError(
+            f"member {record['name']} seed {record['seed']} failed ({record['reason']})",
+            hint="pick a member that trained",
+        )
+    return record
+
+
+def member_spec(record: dict[str, Any]) -> ModelSpec:
+    """The family and knobs of a member record (the members table stores knobs as JSON)."""
     params = record["params"]
-    if isinstance(params, str):  # the members table stores knobs as JSON
-        params = json.loads(params)
+    return ModelSpec(
+        family=record["family"], params=json.loads(params) if isinstance(params, str) else params
+    )
+
+
+def member_weights(results: RunResults, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The stored weights of a torch member (never a pickle).
+
+    Raises
+    ------
+    RunStoreError
+        The weights file is missing.
+    """
+    path = results.store.member_dir(str(record["member_id"])) / "weights.safetensors"
+    if not path.is_file():
+        raise RunStoreError(
+            f"member {record['name']} seed {record['seed']} has no weights file ({path})",
+            hint="rerun the study",
+        )
+    return load_file(str(path))
+
+
+def member_network(
+    record: dict[str, Any], task: Task, weights: dict[str, torch.Tensor]
+) -> ZooModel:
+    """A from-scratch torch member's network for ``task`` (prepared for its family), in eval."""
     model = create_model(
-        ModelSpec(family=record["family"], params=params),
+        member_spec(record),
         task.input_shape,
         task.num_classes,
         task.modality,
         vocab_size=len(task.vocabulary),
     )
     assert isinstance(model, ZooModel)  # the record says torch
-    model.load_state_dict(load_file(str(path)))
-    model.eval()
-    return TrainedMember(record, model, task)
+    model.load_state_dict(weights)
+    return model.eval()

@@ -19,7 +19,6 @@ backbones, so an encoded split and its strings give the same probabilities.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from threadpoolctl import threadpool_limits
 
 from polyculture.data.builders import DataSpec, build_task
 from polyculture.data.task import Split, Task
 from polyculture.data.text import encode_texts
 from polyculture.errors import ConfigError, ExecutionError, RunStoreError
-from polyculture.run.members import find_member
+from polyculture.run.members import member_network, member_spec, member_weights, trained_record
 from polyculture.run.results import RunResults, load_run
 from polyculture.train.backbone import AdaptedModel, feature_task, load_backbone, prepare_task
 from polyculture.train.member import fraction_task, shard_task
@@ -231,23 +229,14 @@ def load_predictor(
     ('linear', (400, 10))
     """
     results = run_dir if isinstance(run_dir, RunResults) else load_run(run_dir)
-    row = find_member(results.members, member)
-    member_id = str(row["member_id"])
-    record = results.store.member_record(member_id)
+    record = trained_record(results, member)
     label = f"{record['name']} seed {record['seed']}"
-    if record["status"] != "ok":
-        raise ConfigError(
-            f"member {label} failed ({record['reason']})", hint="pick a member that trained"
-        )
     if task is None:
         task = build_task(DataSpec.model_validate(results.study["data"]))
-    params = record["params"]
-    if isinstance(params, str):  # the members table stores knobs as JSON
-        params = json.loads(params)
-    spec = ModelSpec(family=record["family"], params=params)
+    spec = member_spec(record)
     common = {
         "name": str(record["name"]),
-        "member_id": member_id,
+        "member_id": str(record["member_id"]),
         "seed": int(record["seed"]),
         "family": str(record["family"]),
         "record": record,
@@ -272,16 +261,8 @@ def _from_scratch(
     prepared = prepare_task(task, spec.family)
     encode = _text_encoder(task, spec.family, _lowercase(results))
     if record["kind"] == "torch":
-        network = create_model(
-            spec,
-            prepared.input_shape,
-            prepared.num_classes,
-            prepared.modality,
-            vocab_size=len(prepared.vocabulary),
-        )
-        assert isinstance(network, ZooModel)  # the record says torch
-        network.load_state_dict(_weights(results, record))
-        return Predictor(**common, _encode_texts=encode, _network=network.eval())
+        network = member_network(record, prepared, member_weights(results, record))
+        return Predictor(**common, _encode_texts=encode, _network=network)
     classical = _refit(spec, prepared, record)
     return Predictor(**common, _encode_texts=encode, _classical=classical)
 
@@ -307,7 +288,7 @@ def _on_backbone(
         head = create_model(spec, (width,), prepared.num_classes, "tabular")
         assert isinstance(head, ZooModel)
         adapted = AdaptedModel(network, layer, head, None)
-        adapted.load_state_dict(_weights(results, record))
+        adapted.load_state_dict(member_weights(results, record))
         return Predictor(**common, _encode_texts=encode, _network=adapted.eval())
 
     def features(x: torch.Tensor) -> torch.Tensor:
@@ -317,7 +298,7 @@ def _on_backbone(
         width = int(backbone_record["feature_dim"])
         head = create_model(spec, (width,), prepared.num_classes, "tabular")
         assert isinstance(head, ZooModel)
-        head.load_state_dict(_weights(results, record))
+        head.load_state_dict(member_weights(results, record))
         return Predictor(**common, _encode_texts=encode, _features=features, _network=head.eval())
     stored = results.store.backbone_features(backbone_id)
     classical = _refit(spec, feature_task(task, stored), record)
@@ -342,16 +323,6 @@ def _source_task(results: RunResults, name: str) -> Task | None:
         if spec.get("name") == name and spec.get("source") is not None:
             return prepare_task(build_task(DataSpec.model_validate(spec["source"])), spec["family"])
     return None
-
-
-def _weights(results: RunResults, record: dict[str, Any]) -> dict[str, torch.Tensor]:
-    path = results.store.member_dir(str(record["member_id"])) / "weights.safetensors"
-    if not path.is_file():
-        raise RunStoreError(
-            f"member {record['name']} seed {record['seed']} has no weights file ({path})",
-            hint="rerun the study",
-        )
-    return load_file(str(path))
 
 
 def _refit(spec: ModelSpec, task: Task, record: dict[str, Any]) -> ClassicalModel:

@@ -453,14 +453,17 @@ def _probe_cost(
     """
 
     def measure(head: Any, _features: Any) -> dict[str, Any]:
-        prepared = prepare_task(task, backbone.spec.family)
+        # Only the timed rows are prepared (MiniLM would otherwise re-tokenize every split).
+        timed = task.test.subset(torch.arange(min(COST_EXAMPLES, len(task.test))))
+        few = dataclasses.replace(task, train=timed, val=timed, test=timed, shifted={})
+        prepared = prepare_task(few, backbone.spec.family)
         network = load_backbone(
             backbone.model,
             prepared,
             store.backbone_weights(backbone.backbone_id),
             _source_task(backbone),
         ).eval()
-        inputs = prepared.test.x[:COST_EXAMPLES]  # (n, *backbone input shape)
+        inputs = prepared.test.x  # (n, *backbone input shape)
         if isinstance(head, ZooModel):
             return member_cost(AdaptedModel(network, layer, head, None), inputs)
 
